@@ -7,6 +7,7 @@ Raspberry Pi 40-pin header.
 
 from __future__ import annotations
 
+import itertools
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
@@ -73,7 +74,7 @@ class MoistureProbeConfig(_Section):
         if len(points) < 2:
             raise ValueError("calibration needs at least two [volts, moisture_pct_wb] points")
         volts = [v for v, _ in points]
-        if any(b <= a for a, b in zip(volts, volts[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(volts)):
             raise ValueError("calibration volts must be strictly increasing")
         if any(not 0 <= m <= 80 for _, m in points):
             raise ValueError("calibration moisture must be within 0..80 % w.b.")
