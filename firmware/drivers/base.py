@@ -15,7 +15,10 @@ gpiozero's MockFactory pins.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from firmware.config import DhtSensorConfig, LoadCellTrayConfig, MoistureProbeConfig
 
 # --- chips (physical boundary) ---------------------------------------------------------------
 
@@ -83,3 +86,18 @@ class TraySensor(Protocol):
     def tare(self) -> None:
         """Take the current raw reading as zero (empty tray)."""
         ...
+
+
+class ChipSource(Protocol):
+    """Opens the chips a node's sensors read, like a gpiozero pin factory opens pins.
+
+    ``firmware.drivers.real_chips.RealChips`` talks to hardware (lazy imports);
+    ``firmware.simulation.chips.SimulatedChips`` reads the simulated dryer. The config
+    objects are the sensor sections of firmware/config.py.
+    """
+
+    def dht(self, config: DhtSensorConfig) -> DhtChip: ...
+
+    def adc(self, config: MoistureProbeConfig) -> AdcChannel: ...
+
+    def hx711(self, config: LoadCellTrayConfig) -> Hx711Chip: ...
