@@ -1,0 +1,86 @@
+"""What a node remembers across restarts besides its outbox: the last good threshold config
+and the batch in the dryer. Small JSON files, written atomically (temp file, fsync, rename), so
+a power cut leaves either the old or the new file, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from cacao_dryer.contract import NodeConfig
+from cacao_dryer.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    """The batch of beans currently in the dryer, as the node needs it for control and for
+    tray-based moisture (mass balance needs the initial mass and moisture)."""
+
+    batch_id: str
+    started_at: datetime
+    initial_moisture_pct_wb: float
+    initial_tray_mass_kg: float | None
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+class StateStore:
+    """Files under the node's data_dir: ``config.json`` (last applied NodeConfig) and
+    ``batch.json`` (current batch, absent when the dryer is empty)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self._config_path = data_dir / "config.json"
+        self._batch_path = data_dir / "batch.json"
+
+    def load_config(self) -> NodeConfig | None:
+        if not self._config_path.exists():
+            return None
+        try:
+            return NodeConfig.model_validate_json(self._config_path.read_bytes())
+        except (ValidationError, ValueError) as exc:
+            raise ConfigError(f"{self._config_path}: stored config is unreadable ({exc})"
+                              .splitlines()[0]) from None
+
+    def save_config(self, config: NodeConfig) -> None:
+        write_atomically(self._config_path, config.model_dump_json(indent=1).encode())
+
+    def load_batch(self) -> BatchInfo | None:
+        if not self._batch_path.exists():
+            return None
+        try:
+            raw = json.loads(self._batch_path.read_text())
+            return BatchInfo(
+                batch_id=raw["batch_id"],
+                started_at=datetime.fromisoformat(raw["started_at"]),
+                initial_moisture_pct_wb=float(raw["initial_moisture_pct_wb"]),
+                initial_tray_mass_kg=(None if raw.get("initial_tray_mass_kg") is None
+                                      else float(raw["initial_tray_mass_kg"])),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{self._batch_path}: stored batch is unreadable ({exc})") from None
+
+    def save_batch(self, batch: BatchInfo | None) -> None:
+        if batch is None:
+            self._batch_path.unlink(missing_ok=True)
+            return
+        raw = asdict(batch) | {"started_at": batch.started_at.isoformat()}
+        write_atomically(self._batch_path, json.dumps(raw, indent=1).encode())
