@@ -1,30 +1,19 @@
-"""The ``cacao-dryer`` command line. Heavy modules are imported inside each command so a node
-(Pi Zero 2 W) only loads what ``node run`` needs."""
+"""The ``cacao-dryer`` command line.
+
+Standard-library argparse rather than typer/click: a node on a Pi Zero 2 W must stay under
+40 MB resident, and typer (with rich) alone costs about 5.5 MB (bench/RESULTS.md). Heavy
+modules are imported inside each command so ``node run`` loads only what a node needs.
+"""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated
-
-import typer
 
 from cacao_dryer.errors import CacaoDryerError
-
-app = typer.Typer(help="Solar cacao/coffee dryer: nodes, gateway and dashboard.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
-node_app = typer.Typer(help="The agent running on each dryer's Raspberry Pi.",
-                       no_args_is_help=True)
-schema_app = typer.Typer(help="The MQTT message contract.", no_args_is_help=True)
-app.add_typer(node_app, name="node")
-app.add_typer(schema_app, name="schema")
-
-ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Node config file (TOML)",
-                                            dir_okay=False)]
-BrokerOption = Annotated[str | None, typer.Option(
-    "--broker", help="Override the config's broker, e.g. mqtt://192.168.1.10:1883")]
-LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")]
 
 
 def _setup_logging(level: str) -> None:
@@ -32,12 +21,7 @@ def _setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _fail(exc: Exception) -> None:
-    typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(2)
-
-
-def _load(config: Path, broker: str | None):  # type: ignore[no-untyped-def]
+def _load_node_settings(config: Path, broker: str | None):  # type: ignore[no-untyped-def]
     from firmware.config import load_node_config, parse_broker_url
 
     settings = load_node_config(config)
@@ -51,84 +35,115 @@ def _load(config: Path, broker: str | None):  # type: ignore[no-untyped-def]
     return settings
 
 
-@node_app.command("run")
-def node_run(config: ConfigOption, broker: BrokerOption = None,
-             log_level: LogLevel = "info") -> None:
-    """Run a dryer node until stopped (SIGTERM / Ctrl-C)."""
-    _setup_logging(log_level)
-    try:
-        settings = _load(config, broker)
-        from firmware.node import run_node
+def node_run(args: argparse.Namespace) -> None:
+    _setup_logging(args.log_level)
+    settings = _load_node_settings(args.config, args.broker)
+    from firmware.node import run_node
 
-        run_node(settings)
-    except CacaoDryerError as exc:
-        _fail(exc)
+    run_node(settings)
 
 
-@node_app.command("check-config")
-def node_check_config(config: ConfigOption) -> None:
-    """Validate a node config file and summarise it."""
-    try:
-        settings = _load(config, None)
-    except CacaoDryerError as exc:
-        _fail(exc)
-        return
+def node_check_config(args: argparse.Namespace) -> None:
+    settings = _load_node_settings(args.config, None)
     kinds = ", ".join(f"{s.type} {s.name!r}" for s in settings.sensors) or "none"
-    typer.echo(f"{config}: OK — node {settings.site_id}/{settings.node_id}, "
-               f"{'simulated' if settings.simulated else 'hardware'}; sensors: {kinds}; "
-               f"fans: {len(settings.fans)}; vents: {len(settings.vents)}")
+    print(f"{args.config}: OK — node {settings.site_id}/{settings.node_id}, "
+          f"{'simulated' if settings.simulated else 'hardware'}; sensors: {kinds}; "
+          f"fans: {len(settings.fans)}; vents: {len(settings.vents)}")
 
 
-@schema_app.command("export")
-def schema_export(out: Annotated[Path, typer.Option(help="Folder for the JSON Schemas")]
-                  = Path("docs/schemas")) -> None:
-    """Write one JSON Schema per MQTT channel (docs/schemas/<channel>.schema.json)."""
+def schema_export(args: argparse.Namespace) -> None:
     from cacao_dryer.schemas import export_schemas
 
-    for path in export_schemas(out):
-        typer.echo(f"wrote {path}")
+    for path in export_schemas(args.out):
+        print(f"wrote {path}")
 
 
-@app.command("demo")
-def demo(
-    nodes: Annotated[int, typer.Option(min=1, max=50, help="Simulated dryers")] = 3,
-    speed: Annotated[float, typer.Option(help="Simulated seconds per real second")] = 600.0,
-    broker: BrokerOption = None,
-    duration: Annotated[float, typer.Option(help="Stop after this many real seconds "
-                                            "(0 = until Ctrl-C)")] = 0.0,
-    workdir: Annotated[Path, typer.Option(help="Where node data and configs go")]
-    = Path("var/demo"),
-) -> None:
-    """A simulated site: a broker, several simulated dryers and a live view in the terminal."""
+def demo(args: argparse.Namespace) -> None:
     _setup_logging("warning")
     from cacao_dryer.demo import run_demo
 
-    try:
-        run_demo(nodes=nodes, speed=speed, broker=broker, duration_s=duration, workdir=workdir)
-    except CacaoDryerError as exc:
-        _fail(exc)
+    run_demo(nodes=args.nodes, speed=args.speed, broker=args.broker,
+             duration_s=args.duration, workdir=args.workdir,
+             embedded_broker=args.embedded_broker)
 
 
-@app.command("watch")
-def watch(broker: Annotated[str, typer.Option(help="Broker to watch")] = "mqtt://127.0.0.1:1883",
-          site: Annotated[str, typer.Option(help="Site id, or + for all")] = "+",
-          duration: Annotated[float, typer.Option(help="Stop after N s (0 = never)")] = 0.0
-          ) -> None:
-    """Live table of every node's latest telemetry and status."""
+def watch(args: argparse.Namespace) -> None:
     from cacao_dryer.watch import watch_site
 
+    watch_site(args.broker, site=args.site, duration_s=args.duration)
+
+
+def _command(sub: argparse._SubParsersAction, name: str, handler: Callable[..., None],
+             help_text: str) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help_text, description=help_text)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cacao-dryer", description="Solar cacao/coffee dryer: nodes, gateway, dashboard.")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    node = commands.add_parser("node", help="the agent on each dryer's Raspberry Pi")
+    node_commands = node.add_subparsers(title="node commands", required=True, metavar="COMMAND")
+    run = _command(node_commands, "run", node_run,
+                   "Run a dryer node until stopped (SIGTERM / Ctrl-C).")
+    check = _command(node_commands, "check-config", node_check_config,
+                     "Validate a node config file and summarise it.")
+    for sub in (run, check):
+        sub.add_argument("--config", "-c", type=Path, required=True,
+                         help="node config file (TOML)")
+    run.add_argument("--broker", help="override the config's broker, e.g. "
+                     "mqtt://192.168.1.10:1883")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning",
+                                                             "error"])
+
+    schema = commands.add_parser("schema", help="the MQTT message contract")
+    schema_commands = schema.add_subparsers(title="schema commands", required=True,
+                                            metavar="COMMAND")
+    export = _command(schema_commands, "export", schema_export,
+                      "Write one JSON Schema per MQTT channel.")
+    export.add_argument("--out", type=Path, default=Path("docs/schemas"),
+                        help="folder for the JSON Schemas (default: docs/schemas)")
+
+    demo_parser = _command(commands, "demo", demo, "A simulated site: a broker, several "
+                           "simulated dryers and a live view in the terminal.")
+    demo_parser.add_argument("--nodes", type=int, default=3, help="simulated dryers (1-50)")
+    demo_parser.add_argument("--speed", type=float, default=600.0,
+                             help="simulated seconds per real second (default 600)")
+    demo_parser.add_argument("--broker", help="use this broker instead of starting one")
+    demo_parser.add_argument("--duration", type=float, default=0.0,
+                             help="stop after this many real seconds (0 = until Ctrl-C)")
+    demo_parser.add_argument("--embedded-broker", action="store_true",
+                             help="use the pure-Python amqtt broker (MQTT 3.1.1) even when "
+                             "Mosquitto is installed")
+    demo_parser.add_argument("--workdir", type=Path, default=Path("var/demo"),
+                             help="where node data, configs and logs go (default var/demo)")
+
+    watch_parser = _command(commands, "watch", watch,
+                            "Live table of every node's latest telemetry and status.")
+    watch_parser.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    watch_parser.add_argument("--site", default="+", help="site id, or + for all")
+    watch_parser.add_argument("--duration", type=float, default=0.0,
+                              help="stop after N s (0 = never)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "nodes", 1) not in range(1, 51):
+        parser.error("--nodes must be between 1 and 50")
     try:
-        watch_site(broker, site=site, duration_s=duration)
+        args.handler(args)
     except CacaoDryerError as exc:
-        _fail(exc)
-
-
-def main() -> None:
-    try:
-        app()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        sys.exit(130)
+        return 130
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

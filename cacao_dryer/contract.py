@@ -230,7 +230,10 @@ class Thresholds(BaseModel):
     early_phase_max_air_temp_c: float = _t(45.0, 30.0, 65.0, "°C",
                                            "Air temperature cap in the early phase",
                                            "estimate from ICCO, Jinap1994")
-    max_drying_rate_pct_per_h: float = _t(1.5, 0.2, 10.0, "% w.b./h",
+    # estimate: good-quality active drying in Peru averages ~2-2.5 %/h (55 → 7.5 % in 19-24 h
+    # [APROCAM2021]); a greenhouse's first afternoon reaches ~1.5-2 %/h. Faster than 2.5 %/h
+    # means too much heat or air for the beans [Jinap1994].
+    max_drying_rate_pct_per_h: float = _t(2.5, 0.2, 10.0, "% w.b./h",
                                           "Faster drying than this makes beans acidic",
                                           "estimate from APROCAM2021, CET2017, Jinap1994")
     drying_rh_max_pct: float = _t(65.0, 30.0, 95.0, "%",

@@ -19,6 +19,7 @@ import tomli_w
 import firmware
 from cacao_dryer.broker import LocalBroker, start_local_broker
 from cacao_dryer.errors import CacaoDryerError
+from cacao_dryer.watch import SiteView, watch_site
 
 DEMO_SITE = "demo"
 EXAMPLE = Path(firmware.__file__).parent / "examples" / "simulated.toml"
@@ -54,26 +55,30 @@ def start_nodes(count: int, broker: str, protocol: str, speed: float,
 
 
 def run_demo(nodes: int, speed: float, broker: str | None, duration_s: float,
-             workdir: Path) -> None:
-    from cacao_dryer.watch import watch_site
-
+             workdir: Path, embedded_broker: bool = False) -> SiteView:
+    """Run the demo until Ctrl-C or ``duration_s``; returns what the live view saw."""
     workdir.mkdir(parents=True, exist_ok=True)
     local: LocalBroker | None = None
     if broker is None:
-        local = start_local_broker(workdir / "broker")
+        local = start_local_broker(workdir / "broker",
+                                   prefer="amqtt" if embedded_broker else "mosquitto")
         broker, protocol = local.url, local.protocol
         print(f"Broker: {local.kind} at {broker} (MQTT {protocol})")
     else:
         protocol = "5"
-    processes = start_nodes(nodes, broker, protocol, speed, workdir)
-    print(f"{nodes} simulated dryers, time x{speed:g}; logs and data in {workdir}/. "
-          "Ctrl-C stops everything.")
-    try:
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start() -> None:
+        processes.extend(start_nodes(nodes, broker, protocol, speed, workdir))
+        print(f"{nodes} simulated dryers, time x{speed:g}; logs and data in {workdir}/. "
+              "Ctrl-C stops everything.")
         time.sleep(1.0)
         dead = [p for p in processes if p.poll() is not None]
         if dead:
             raise CacaoDryerError(f"{len(dead)} node(s) exited at start; see {workdir}/*.log")
-        watch_site(broker, site=DEMO_SITE, duration_s=duration_s)
+
+    try:
+        return watch_site(broker, site=DEMO_SITE, duration_s=duration_s, ready=start)
     finally:
         for process in processes:
             process.terminate()

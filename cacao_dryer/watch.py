@@ -5,8 +5,10 @@ Listens to telemetry, status and events on the broker (read-only) and redraws tw
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -57,8 +59,12 @@ class SiteView:
                                [:160])
 
 
-def _local(moment: datetime) -> str:
-    return moment.astimezone().strftime("%d %b %H:%M")
+def _local(moment: datetime, fmt: str = "%d %b %H:%M") -> str:
+    return moment.astimezone().strftime(fmt)
+
+
+def _air(temp_c: float | None, rh_pct: float | None) -> str:
+    return f"{_num(temp_c)}° {_num(rh_pct, '{:.0f}')}%"
 
 
 def _num(value: float | None, fmt: str = "{:.1f}") -> str:
@@ -70,42 +76,41 @@ def render(view: SiteView):  # type: ignore[no-untyped-def]
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title="Secadores / dryers", expand=True)
-    for header in ("nodo / node", "hora sim.", "aire °C", "HR %", "exterior °C/HR %",
-                   "humedad grano %", "ventilador %", "ventanas %", "modo", "alarmas",
-                   "seq", "cola", "estado"):
-        table.add_column(header, no_wrap=True)
+    table = Table(title="Secadores / dryers — aire: inside air, exterior: outside air, "
+                  "grano: bean moisture, vent.: fans/vents %", expand=True,
+                  title_justify="left")
+    for header in ("nodo", "hora", "aire", "exterior", "grano", "vent.", "modo", "estado",
+                   "alarmas"):
+        table.add_column(header, no_wrap=header != "alarmas")
     for name in sorted(view.nodes):
         node = view.nodes[name]
         t = node.telemetry
         r = t.readings if t else None
-        state = node.status.state.value if node.status else "?"
-        style = "red" if state == NodeState.OFFLINE.value else None
+        status = node.status
+        state = status.state.value if status else "?"
+        if status and status.queue_depth:
+            state += f" ({status.queue_depth} en cola)"
         table.add_row(
-            name,
-            _local(t.measured_at) if t else "—",
-            _num(r.air_temp_c if r else None),
-            _num(r.air_rh_pct if r else None, "{:.0f}"),
-            f"{_num(r.ambient_temp_c if r else None)}/"
-            f"{_num(r.ambient_rh_pct if r else None, '{:.0f}')}",
-            _num(r.bean_moisture_pct_wb if r else None),
-            _num(t.fan_speed_pct if t else None, "{:.0f}"),
-            _num(t.vent_open_pct if t else None, "{:.0f}"),
+            name.split("/", 1)[1],
+            _local(t.measured_at, "%H:%M") if t else "—",
+            _air(r.air_temp_c, r.air_rh_pct) if r else "—",
+            _air(r.ambient_temp_c, r.ambient_rh_pct) if r else "—",
+            _num(r.bean_moisture_pct_wb if r else None, "{:.1f}%"),
+            f"{t.fan_speed_pct:.0f}/{t.vent_open_pct:.0f}" if t else "—",
             t.mode.value if t else "—",
-            ", ".join(a.value for a in t.alarms) if t and t.alarms else "",
-            str(t.seq) if t else "—",
-            str(node.status.queue_depth) if node.status and node.status.queue_depth is not None
-            else "—",
             state,
-            style=style,
+            " ".join(a.value for a in t.alarms) if t and t.alarms else "",
+            style="red" if state.startswith(NodeState.OFFLINE.value) else None,
         )
     events = Text("\n".join(view.events) or "(no events yet)")
     footer = Text(f"invalid messages: {view.invalid}", style="dim")
     return Group(table, Text("Eventos / events:", style="bold"), events, footer)
 
 
-def watch_site(broker: str, site: str = "+", duration_s: float = 0.0) -> SiteView:
-    """Run the live view until Ctrl-C (or ``duration_s``); returns what it saw."""
+def watch_site(broker: str, site: str = "+", duration_s: float = 0.0,
+               ready: Callable[[], None] | None = None) -> SiteView:
+    """Run the live view until Ctrl-C (or ``duration_s``); returns what it saw. ``ready`` is
+    called once the view listens (the demo starts its nodes then, so no event is missed)."""
     from rich.live import Live
 
     try:
@@ -117,17 +122,24 @@ def watch_site(broker: str, site: str = "+", duration_s: float = 0.0) -> SiteVie
     if tls:
         client.tls_set()
 
+    subscribed = threading.Event()
+
     def on_connect(client: mqtt.Client, _u: object, _f: object, _rc: object,
                    _p: object = None) -> None:
-        for channel in ("telemetry", "status", "event"):
-            client.subscribe(f"{TOPIC_PREFIX}/{site}/+/{channel}", qos=0)
+        client.subscribe([(f"{TOPIC_PREFIX}/{site}/+/{channel}", 0)
+                          for channel in ("telemetry", "status", "event")])
 
     client.on_connect = on_connect
+    client.on_subscribe = lambda *_args: subscribed.set()
     client.on_message = lambda _c, _u, msg: view.receive(msg.topic, msg.payload)
     client.connect_async(host, port)
     client.loop_start()
-    started = time.monotonic()
     try:
+        if not subscribed.wait(15):
+            raise CacaoDryerError(f"could not subscribe at {broker} within 15 s")
+        if ready is not None:
+            ready()
+        started = time.monotonic()
         with Live(render(view), refresh_per_second=2) as live:
             while duration_s <= 0 or time.monotonic() - started < duration_s:
                 time.sleep(0.5)

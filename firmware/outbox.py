@@ -22,8 +22,9 @@ Storage is one SQLite database (stdlib ``sqlite3``):
   delete only means those messages are sent again (duplicates are allowed, loss is not).
 - Disk bound: ``max_bytes`` bounds the queued messages (topic + payload + a fixed per-row
   overhead). When a new message does not fit, the OLDEST messages are dropped in the same
-  transaction, counted persistently (``dropped_total()``) and remembered as sequence ranges
-  until the node asks for them (``take_dropped()``) to report a queue_overflow event.
+  transaction (those of ``drop_last`` counters only when nothing else is left), counted
+  persistently (``dropped_total()``) and remembered as sequence ranges until the node asks
+  for them (``take_dropped()``) to report a queue_overflow event.
 
 Thread-safe: the node loop adds while the MQTT thread acknowledges.
 """
@@ -98,13 +99,18 @@ def _row_bytes(topic_len: int, payload_len: int) -> int:
 class Outbox:
     """Durable FIFO of outgoing MQTT messages with per-counter sequence numbers."""
 
-    def __init__(self, path: Path, max_bytes: int, sync: str = "full") -> None:
+    def __init__(self, path: Path, max_bytes: int, sync: str = "full",
+                 drop_last: tuple[str, ...] = ()) -> None:
+        """``drop_last``: counters whose messages are dropped only when nothing else is left
+        (the node protects its events: they are few, carry alarms and the record of what the
+        outbox dropped)."""
         if sync not in SYNC_MODES:
             raise OutboxError(f"outbox {path}: sync must be 'full' or 'normal', not {sync!r}")
         if max_bytes <= 0:
             raise OutboxError(f"outbox {path}: max_bytes must be positive, not {max_bytes}")
         self.path = path
         self.max_bytes = max_bytes
+        self._drop_last = drop_last
         self._lock = threading.Lock()
         self._acked: set[int] = set()  # removed by the caller, not yet deleted on disk
         self._closed = False
@@ -343,10 +349,14 @@ class Outbox:
         sequence ranges (inside the caller's transaction); returns bytes freed."""
         freed = 0
         dropped: list[tuple[str, int]] = []
+        columns = "id, counter, seq, length(CAST(topic AS BLOB)) + length(payload)"
+        protected = ",".join("?" * len(self._drop_last))
         while freed < excess_bytes:
+            # Walks the primary key in id order, skipping the few protected rows.
             rows = self._db.execute(
-                "SELECT id, counter, seq, length(CAST(topic AS BLOB)) + length(payload) "
-                "FROM outbox ORDER BY id LIMIT 64").fetchall()
+                f"SELECT {columns} FROM outbox WHERE counter NOT IN ({protected}) "
+                "ORDER BY id LIMIT 64", self._drop_last).fetchall() or self._db.execute(
+                f"SELECT {columns} FROM outbox ORDER BY id LIMIT 64").fetchall()
             if not rows:
                 break
             ids = []

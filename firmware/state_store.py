@@ -44,12 +44,25 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 
 class StateStore:
-    """Files under the node's data_dir: ``config.json`` (last applied NodeConfig) and
-    ``batch.json`` (current batch, absent when the dryer is empty)."""
+    """Files under the node's data_dir: ``config.json`` (last applied NodeConfig),
+    ``batch.json`` (current batch, absent when the dryer is empty) and ``tray.json`` (the
+    load-cell tare taken on site, which overrides the config file's offset)."""
 
     def __init__(self, data_dir: Path) -> None:
         self._config_path = data_dir / "config.json"
         self._batch_path = data_dir / "batch.json"
+        self._tray_path = data_dir / "tray.json"
+
+    def load_tare_offset(self) -> float | None:
+        if not self._tray_path.exists():
+            return None
+        try:
+            return float(json.loads(self._tray_path.read_text())["tare_offset_counts"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{self._tray_path}: stored tare is unreadable ({exc})") from None
+
+    def save_tare_offset(self, counts: float) -> None:
+        write_atomically(self._tray_path, json.dumps({"tare_offset_counts": counts}).encode())
 
     def load_config(self) -> NodeConfig | None:
         if not self._config_path.exists():

@@ -267,3 +267,15 @@ def test_concurrent_adds_and_removes_keep_numbers_unique_and_gapless(outbox: Out
     assert outbox.counter("telemetry") == 600
     assert waiting == sorted(set(waiting))
     assert all(1 <= seq <= 600 for seq in waiting)
+
+
+def test_protected_counter_is_dropped_only_when_nothing_else_is_left(tmp_path):
+    outbox = Outbox(tmp_path / "o.sqlite", max_bytes=4000, sync="normal",
+                    drop_last=("event",))
+    outbox.add("t/event", lambda seq: b"e" * 200, "event")
+    for _ in range(40):
+        outbox.add("t/telemetry", lambda seq: b"r" * 200, "telemetry")
+    kept = [(m.counter, m.seq) for m in outbox.peek(1000)]
+    assert ("event", 1) in kept
+    assert all(r.counter == "telemetry" for r in outbox.take_dropped())
+    outbox.close()

@@ -1,0 +1,141 @@
+"""Assemble a node from its settings: real or simulated hardware, outbox, MQTT link, agent.
+
+Like gpiozero's pin factory, one setting (``simulated``) picks where the chips and pins come
+from; everything else — drivers, controller, outbox, link — is the same code in both cases.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from cacao_dryer.clock import AcceleratedClock, Clock, SystemClock
+from cacao_dryer.contract import Channel, NodeState, StartBatchAction, topic
+from firmware.agent import NodeAgent
+from firmware.config import NodeSettings
+from firmware.hardware import DryerHardware, build_hardware
+from firmware.link import MqttLink
+from firmware.outbox import Outbox
+from firmware.state_store import StateStore
+
+log = logging.getLogger("cacao_dryer.node")
+
+
+@dataclass
+class Node:
+    settings: NodeSettings
+    clock: Clock
+    agent: NodeAgent
+    outbox: Outbox
+    link: MqttLink
+    model: Any | None = None  # firmware.simulation.dryer.DryerModel when simulated
+
+
+def _simulation(settings: NodeSettings, clock: Clock | None) -> tuple[Clock, Any, Any, Any]:
+    from gpiozero.pins.mock import MockFactory, MockPWMPin
+
+    from firmware.simulation.chips import SimulatedChips
+    from firmware.simulation.dryer import DryerModel
+    from firmware.simulation.weather import Weather
+
+    sim = settings.simulation
+    if clock is None:
+        start = (datetime.fromisoformat(sim.start) if sim.start else SystemClock().now())
+        clock = AcceleratedClock(start, sim.speed)
+    now = clock.now()
+    weather = Weather(seed=sim.seed, utc_offset_h=settings.utc_offset_h)
+    model = DryerModel(weather, kind=sim.dryer, load_kg=sim.load_kg,
+                       initial_moisture_pct_wb=sim.initial_moisture_pct_wb, start=now,
+                       seed=sim.seed)
+    chips = SimulatedChips(model, clock, seed=sim.seed)
+    pin_factory = MockFactory(pin_class=MockPWMPin)
+    return clock, model, chips, pin_factory
+
+
+def build_node(settings: NodeSettings, clock: Clock | None = None) -> Node:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    model = chips = pin_factory = None
+    if settings.simulated:
+        clock, model, chips, pin_factory = _simulation(settings, clock)
+    else:
+        from firmware.drivers.real_chips import RealChips
+
+        clock = clock or SystemClock()
+        chips = RealChips()
+    hardware = build_hardware(settings, chips, pin_factory, clock)
+    outbox = Outbox(settings.data_dir / "outbox.sqlite3",
+                    max_bytes=int(settings.outbox.max_mb * 1024 * 1024),
+                    sync=settings.outbox.sync, drop_last=("event",))
+
+    on_tick = on_batch_start = None
+    if model is not None:
+        on_tick = _simulation_tick(model, chips, pin_factory, settings)
+
+        def on_batch_start(now: datetime, action: StartBatchAction) -> None:
+            model.load_new_batch(action.initial_moisture_pct_wb, settings.simulation.load_kg,
+                                 now)
+
+    agent = NodeAgent(settings, clock=clock, hardware=hardware, outbox=outbox,
+                      store=StateStore(settings.data_dir), on_tick=on_tick,
+                      on_batch_start=on_batch_start)
+    link = MqttLink(
+        settings.mqtt,
+        client_id=f"node-{settings.site_id}-{settings.node_id}",
+        outbox=outbox,
+        will=(topic(settings.site_id, settings.node_id, Channel.STATUS), agent.offline_status()),
+        on_connect_publish=lambda: [(agent.topic(Channel.STATUS), agent.status(), 1, True)],
+    )
+    agent.attach(link)
+    if settings.simulated and settings.simulation.start_batch and agent.batch is None:
+        now = clock.now()
+        agent.start_batch(StartBatchAction(
+            batch_id=f"lote-{settings.node_id}-{now:%Y%m%d%H%M}"[:40],
+            initial_moisture_pct_wb=settings.simulation.initial_moisture_pct_wb), now)
+    return Node(settings=settings, clock=clock, agent=agent, outbox=outbox, link=link,
+                model=model)
+
+
+def _simulation_tick(model: Any, chips: Any, pin_factory: Any, settings: NodeSettings) -> Any:
+    rain_sensors = [s for s in settings.sensors if s.type == "rain"]
+
+    def tick(now: datetime, hardware: DryerHardware) -> None:
+        fans = hardware.fans
+        vents = hardware.vents
+        fan_pct = sum(f.speed_pct for f in fans) / len(fans) if fans else 0.0
+        vent_pct = sum(v.open_pct for v in vents) / len(vents) if vents else 0.0
+        model.step(now, fan_pct, vent_pct)
+        for rain in rain_sensors:
+            chips.sync_rain_pin(pin_factory, rain)
+
+    return tick
+
+
+def run_node(settings: NodeSettings) -> None:
+    """Run until SIGTERM/SIGINT; leave the dryer safe and the outbox flushed as far as possible."""
+    node = build_node(settings)
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    node.link.start()
+    log.info("node %s/%s running (%s), broker %s, data in %s", settings.site_id,
+             settings.node_id, "simulated" if settings.simulated else "hardware",
+             settings.mqtt.broker, settings.data_dir)
+    try:
+        node.agent.run(stop)
+    finally:
+        node.agent.shutdown()
+        # A clean disconnect does not fire the Last Will: say "offline" ourselves (and wait
+        # for the broker's acknowledgement).
+        node.link.stop(timeout=5.0, final_publish=(
+            node.agent.topic(Channel.STATUS), node.agent.status(NodeState.OFFLINE), 1, True))
+        node.outbox.close()
+
