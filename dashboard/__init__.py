@@ -1,0 +1,1 @@
+"""The web dashboard for operators, technicians and managers: a later issue."""

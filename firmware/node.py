@@ -10,7 +10,7 @@ import logging
 import signal
 import threading
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from cacao_dryer.clock import AcceleratedClock, Clock, SystemClock
@@ -45,6 +45,9 @@ def _simulation(settings: NodeSettings, clock: Clock | None) -> tuple[Clock, Any
     sim = settings.simulation
     if clock is None:
         start = (datetime.fromisoformat(sim.start) if sim.start else SystemClock().now())
+        resume = StateStore(settings.data_dir).load_simulated_time()
+        if resume is not None and resume > start:
+            start = resume + timedelta(seconds=1)  # continue; never go back in time
         clock = AcceleratedClock(start, sim.speed)
     now = clock.now()
     weather = Weather(seed=sim.seed, utc_offset_h=settings.utc_offset_h)
@@ -73,7 +76,8 @@ def build_node(settings: NodeSettings, clock: Clock | None = None) -> Node:
 
     on_tick = on_batch_start = None
     if model is not None:
-        on_tick = _simulation_tick(model, chips, pin_factory, settings)
+        on_tick = _simulation_tick(model, chips, pin_factory, settings,
+                                   StateStore(settings.data_dir))
 
         def on_batch_start(now: datetime, action: StartBatchAction) -> None:
             model.load_new_batch(action.initial_moisture_pct_wb, settings.simulation.load_kg,
@@ -99,10 +103,15 @@ def build_node(settings: NodeSettings, clock: Clock | None = None) -> Node:
                 model=model)
 
 
-def _simulation_tick(model: Any, chips: Any, pin_factory: Any, settings: NodeSettings) -> Any:
+def _simulation_tick(model: Any, chips: Any, pin_factory: Any, settings: NodeSettings,
+                     store: StateStore) -> Any:
     rain_sensors = [s for s in settings.sensors if s.type == "rain"]
+    saved_at: list[datetime] = []
 
     def tick(now: datetime, hardware: DryerHardware) -> None:
+        if not saved_at or (now - saved_at[0]).total_seconds() >= settings.sample_interval_s:
+            store.save_simulated_time(now)
+            saved_at[:] = [now]
         fans = hardware.fans
         vents = hardware.vents
         fan_pct = sum(f.speed_pct for f in fans) / len(fans) if fans else 0.0

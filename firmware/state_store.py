@@ -52,6 +52,18 @@ class StateStore:
         self._config_path = data_dir / "config.json"
         self._batch_path = data_dir / "batch.json"
         self._tray_path = data_dir / "tray.json"
+        self._sim_time_path = data_dir / "simulated-time.txt"
+
+    def load_simulated_time(self) -> datetime | None:
+        """Where a simulated node's clock was when it last ran (so a restart continues)."""
+        try:
+            return datetime.fromisoformat(self._sim_time_path.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def save_simulated_time(self, moment: datetime) -> None:
+        # Simulation only (a developer's disk, not a Pi's SD card): no fsync needed.
+        self._sim_time_path.write_text(moment.isoformat())
 
     def load_tare_offset(self) -> float | None:
         if not self._tray_path.exists():

@@ -1,0 +1,1 @@
+"""The collection center's gateway (ingest, storage, batches, alerts): next issue."""

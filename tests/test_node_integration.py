@@ -188,3 +188,20 @@ def test_a_full_outbox_reports_exactly_which_readings_it_dropped(tmp_path, mosqu
     delivered = set(telemetry_seqs(subscriber))
     assert dropped and dropped.isdisjoint(delivered)
     assert dropped | delivered == set(range(1, 121))
+
+
+def test_a_restarted_simulated_node_continues_its_time(node, mosquitto):
+    with Subscriber(mosquitto, f"cacao/v1/{SITE}/+/telemetry", "gateway-test") as subscriber:
+        node.start()
+        wait_for(lambda: len(subscriber.payloads()) >= 50, 30, "50 readings")
+        node.kill()
+        node.start()
+        wait_for(lambda: len({json.loads(p)["seq"] for p in subscriber.payloads()}) >= 120, 30,
+                 "120 readings")
+        node.terminate()
+    first_seen: dict[int, str] = {}
+    for payload in subscriber.payloads():
+        message = json.loads(payload)
+        first_seen.setdefault(message["seq"], message["measured_at"])
+    times = [datetime.fromisoformat(first_seen[seq]) for seq in sorted(first_seen)]
+    assert times == sorted(times), "simulated time went backwards after the restart"
