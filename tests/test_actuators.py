@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import UTC, datetime
-
 import pytest
-from gpiozero.pins.mock import MockFactory, MockPWMPin
+from gpiozero.pins.mock import MockFactory
 
 from cacao_dryer.clock import ManualClock
 from cacao_dryer.errors import ActuatorError, ConfigError
@@ -18,18 +15,6 @@ from firmware.drivers.vent import DEAD_TIME_S, END_MARGIN_FRACTION, RelayVent, S
 TRAVEL_S = 30.0
 FULL_RUN_S = TRAVEL_S * (1 + END_MARGIN_FRACTION)   # 36 s
 OPEN_PIN, CLOSE_PIN = 22, 27
-
-
-@pytest.fixture
-def factory() -> Iterator[MockFactory]:
-    factory = MockFactory(pin_class=MockPWMPin)
-    yield factory
-    factory.reset()
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(datetime(2026, 3, 1, 12, 0, tzinfo=UTC))
 
 
 def history(factory: MockFactory, pin: int) -> list[bool]:

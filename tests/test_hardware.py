@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import UTC, datetime
-
 import pytest
 from chip_fakes import SteadyChips
 from gpiozero import DigitalOutputDevice
-from gpiozero.pins.mock import MockFactory, MockPWMPin
+from gpiozero.pins.mock import MockFactory
 
 from cacao_dryer.clock import ManualClock
 from cacao_dryer.errors import ConfigError
@@ -19,18 +16,6 @@ from firmware.drivers.vent import END_MARGIN_FRACTION, RelayVent, ServoVent
 from firmware.hardware import SERVO_SETTLE_S, DryerHardware, build_hardware
 
 TRAVEL_S = 20.0
-
-
-@pytest.fixture
-def factory() -> Iterator[MockFactory]:
-    factory = MockFactory(pin_class=MockPWMPin)
-    yield factory
-    factory.reset()
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(datetime(2026, 3, 1, 12, 0, tzinfo=UTC))
 
 
 def settings(**changes: object) -> NodeSettings:
