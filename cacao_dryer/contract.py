@@ -118,6 +118,7 @@ class Alarm(StrEnum):
     STALE_DATA = "stale_data"                  # control inputs too old to trust
     OVER_DRY = "over_dry"                      # beans below the over-dry limit
     TARGET_REACHED = "target_reached"          # beans at or below target moisture
+    NODE_ERROR = "node_error"                  # the node could not decide or drive actuators
 
 
 class Mode(StrEnum):
@@ -168,6 +169,9 @@ class NodeStatus(_NodeMessage):
         None, ge=0, description="Messages the outbox dropped when full, since installation"
     )
     sensor_faults: dict[str, str] = Field(default_factory=dict)
+    errors_total: int | None = Field(
+        None, ge=0, description="Errors the node loop survived since boot (disk, driver...)")
+    last_error: str | None = Field(None, max_length=300, description="The latest such error")
 
 
 # --- events ----------------------------------------------------------------------------------
@@ -186,6 +190,7 @@ class EventType(StrEnum):
     BATCH_ENDED = "batch_ended"
     OVERRIDE_STARTED = "override_started"
     OVERRIDE_ENDED = "override_ended"
+    STORAGE_RESET = "storage_reset"  # an unreadable file on the node was set aside
 
 
 class NodeEvent(_NodeMessage):
@@ -208,6 +213,9 @@ def _t(default: float, lo: float, hi: float, unit: str, what: str, source: str) 
 class Thresholds(BaseModel):
     """Drying thresholds a node controls with. Defaults: docs/references.md, 'Suggested defaults'.
 
+    No air temperature setting may exceed 65 °C, the bean limit [ICCO]: a config from the
+    gateway cannot make the node tolerate hotter air.
+
     Every field carries its unit, allowed range and source in the JSON Schema so the dashboard
     can explain it to technicians.
     """
@@ -218,9 +226,9 @@ class Thresholds(BaseModel):
                                        "ICCO, CAOBISCO2016")
     over_dry_moisture_pct_wb: float = _t(6.0, 3.0, 8.0, "% w.b.",
                                          "Below this beans are over-dried (brittle)", "CRC, UWI")
-    air_temp_warn_c: float = _t(55.0, 30.0, 70.0, "°C", "Air temperature warning", "ICCO")
-    air_temp_alarm_c: float = _t(60.0, 30.0, 70.0, "°C", "Air temperature alarm", "ICCO")
-    air_temp_limit_c: float = _t(65.0, 35.0, 70.0, "°C",
+    air_temp_warn_c: float = _t(55.0, 30.0, 65.0, "°C", "Air temperature warning", "ICCO")
+    air_temp_alarm_c: float = _t(60.0, 30.0, 65.0, "°C", "Air temperature alarm", "ICCO")
+    air_temp_limit_c: float = _t(65.0, 35.0, 65.0, "°C",
                                  "Hard limit: beans must not get hotter (flavour)", "ICCO")
     early_phase_h: float = _t(48.0, 0.0, 168.0, "h",
                               "First hours of a batch dried gently", "UWI")
@@ -253,7 +261,7 @@ class Thresholds(BaseModel):
     fan_off_dew_point_diff_k: float = _t(1.0, 0.0, 14.0, "K",
                                          "Fan off when the difference falls below this",
                                          "Kellerklima")
-    fan_on_air_temp_c: float = _t(50.0, 30.0, 70.0, "°C",
+    fan_on_air_temp_c: float = _t(50.0, 30.0, 65.0, "°C",
                                   "Fan on to cool when air is hotter than this", "estimate")
     condensation_margin_k: float = _t(2.0, 0.5, 10.0, "K",
                                       "Alert when air is this close to its dew point", "estimate")
@@ -386,7 +394,9 @@ def decode(channel: Channel, payload: bytes | str, *, where: str = "") -> BaseMo
         raise PayloadError(f"{label}: payload of {size} bytes exceeds {MAX_PAYLOAD_BYTES}")
     try:
         data = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError:
+        raise PayloadError(f"{label}: JSON nested too deeply") from None
+    except ValueError as exc:  # invalid JSON, bad UTF-8, integers beyond Python's digit limit
         raise PayloadError(f"{label}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise PayloadError(f"{label}: expected a JSON object, got {type(data).__name__}")
@@ -398,6 +408,8 @@ def decode(channel: Channel, payload: bytes | str, *, where: str = "") -> BaseMo
         return MODELS[channel].model_validate(data)
     except ValidationError as exc:
         raise PayloadError(f"{label}: {_describe(exc)}") from None
+    except RecursionError:
+        raise PayloadError(f"{label}: JSON nested too deeply") from None
 
 
 def decode_message(topic_name: str, payload: bytes | str) -> tuple[str, str, BaseModel]:

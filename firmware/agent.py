@@ -15,13 +15,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from cacao_dryer import __version__
 from cacao_dryer.clock import Clock
 from cacao_dryer.contract import (
+    MAX_PAYLOAD_BYTES,
     Alarm,
     Channel,
     ClearOverrideAction,
@@ -58,8 +59,13 @@ from firmware.control import (
 from firmware.hardware import DryerHardware
 from firmware.outbox import Outbox
 from firmware.state_store import BatchInfo, StateStore
+from firmware.watchdog import SystemdNotifier
 
 log = logging.getLogger("cacao_dryer.node")
+
+# estimate: below half a kilo the load cell's noise (a few grams) and vibration dominate the
+# mass balance [IIETA2025, Sitorus2020].
+MIN_TRAY_SAMPLE_KG = 0.5
 
 
 @dataclass
@@ -120,6 +126,12 @@ class NodeAgent:
         self.last_sample = Sample()
         self._alarms: frozenset[Alarm] = frozenset()
         self._faults: dict[str, str] = {}
+        self.errors_total = 0
+        self.last_error: str | None = None
+        self._error_logged_at: dict[str, float] = {}
+        self._watchdog = SystemdNotifier()
+        for note in store.set_aside:  # unreadable state files found while loading above
+            self.emit(EventType.STORAGE_RESET, note)
 
     # --- identity and topics ------------------------------------------------------------------
 
@@ -139,13 +151,15 @@ class NodeAgent:
     def attach(self, link: Publisher) -> None:
         """Subscribe to this node's config and commands; called once the link exists."""
         self._link = link
-        link.subscribe(self.topic(Channel.CONFIG), self._received(Channel.CONFIG))
-        link.subscribe(self.topic(Channel.COMMAND), self._received(Channel.COMMAND))
+        link.subscribe(self.topic(Channel.CONFIG),
+                       lambda _topic, payload: self.deliver(Channel.CONFIG, payload))
+        link.subscribe(self.topic(Channel.COMMAND),
+                       lambda _topic, payload: self.deliver(Channel.COMMAND, payload))
 
-    def _received(self, channel: Channel) -> Callable[[str, bytes], None]:
-        def handler(_topic: str, payload: bytes) -> None:
-            self._inbox.put((channel, payload))
-        return handler
+    def deliver(self, channel: Channel, payload: bytes) -> None:
+        """Hand a message from the gateway to the loop (thread-safe; handled at the next
+        tick, on the loop's thread)."""
+        self._inbox.put((channel, payload))
 
     def offline_status(self) -> bytes:
         """The Last Will: retained, so everyone sees the node is gone."""
@@ -168,6 +182,8 @@ class NodeAgent:
             queue_depth=self.outbox.depth(),
             queue_dropped_total=self.outbox.dropped_total(),
             sensor_faults=dict(self._faults),
+            errors_total=self.errors_total,
+            last_error=self.last_error,
         ))
 
     def publish_status(self, state: NodeState = NodeState.ONLINE) -> None:
@@ -177,27 +193,55 @@ class NodeAgent:
     # --- the loop -----------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
+        """The node's life: never leaves because of an error in one tick (an unreadable
+        sensor, a full disk, a bad message); only ``stop`` ends it."""
         settings = self.settings
-        self.emit(EventType.BOOT, f"node started (firmware {__version__}, "
-                  f"config version {self.config_version})",
-                  {"boot_id": self.boot_id, "config_version": self.config_version})
+        sample_every = timedelta(seconds=settings.sample_interval_s)
+        status_every = timedelta(seconds=settings.status_interval_s)
+        self._guarded(self.emit, EventType.BOOT, f"node started (firmware {__version__}, "
+                      f"config version {self.config_version})",
+                      {"boot_id": self.boot_id, "config_version": self.config_version})
+        self._watchdog.notify("READY=1")
         now = self.clock.now()
-        next_sample = now
-        next_status = now + timedelta(seconds=settings.status_interval_s)
+        next_sample, next_status = now, now + status_every
         tick_s = self._tick_seconds()
         while not stop.is_set():
             now = self.clock.now()
-            self.step(now)
+            # The wall clock can step (NTP after a boot without RTC, a technician): never wait
+            # for a time that moved away, or control would stall for as long as the step.
+            if next_sample - now > sample_every:
+                next_sample = now
+            if next_status - now > status_every:
+                next_status = now
+            self._guarded(self.step, now)
             if now >= next_sample:
-                self.cycle(now)
-                next_sample += timedelta(seconds=settings.sample_interval_s)
+                self._guarded(self.cycle, now)
+                next_sample += sample_every
                 if next_sample <= now:  # fell behind (slow machine, paused): don't burst
-                    next_sample = now + timedelta(seconds=settings.sample_interval_s)
+                    next_sample = now + sample_every
             if now >= next_status:
-                self.report_overflow()
-                self.publish_status()
-                next_status = now + timedelta(seconds=settings.status_interval_s)
+                self._guarded(self.report_overflow)
+                self._guarded(self.publish_status)
+                next_status = now + status_every
+            self._watchdog.ping()
             self.clock.sleep(tick_s)
+        self._watchdog.notify("STOPPING=1")
+
+    def _guarded(self, action: Callable[..., Any], *args: Any) -> None:
+        try:
+            action(*args)
+        except Exception as exc:
+            self._record_error(exc, f"{getattr(action, '__name__', 'action')}")
+
+    def _record_error(self, exc: BaseException, where: str) -> None:
+        """Count an error the node survived; log each distinct one at most once a minute."""
+        text = f"{where}: {type(exc).__name__}: {exc}".splitlines()[0][:300]
+        self.errors_total += 1
+        self.last_error = text
+        logged_at = self._error_logged_at.get(text)
+        if logged_at is None or time.monotonic() - logged_at > 60:
+            self._error_logged_at[text] = time.monotonic()
+            log.error("%s", text, exc_info=exc if not isinstance(exc, CacaoDryerError) else None)
 
     def _tick_seconds(self) -> float:
         """Loop period in clock time: 1 s (vent travel timing), but never under 10 ms real."""
@@ -211,29 +255,56 @@ class NodeAgent:
                 channel, payload = self._inbox.get_nowait()
             except queue.Empty:
                 break
-            if channel is Channel.CONFIG:
-                self.handle_config(payload)
-            else:
-                self.handle_command(payload, now)
+            try:
+                if channel is Channel.CONFIG:
+                    self.handle_config(payload)
+                else:
+                    self.handle_command(payload, now)
+            except Exception as exc:  # a message must never stop the node
+                self._record_error(exc, f"{channel.value} message")
+                self._guarded(self.emit, EventType.CONFIG_REJECTED if channel is Channel.CONFIG
+                              else EventType.COMMAND_RESULT,
+                              f"{channel.value} not applied: {self.last_error}",
+                              {"ok": False, "config_version": self.config_version})
         if self._on_tick is not None:
             self._on_tick(now, self.hardware)
         self.hardware.update(now)
 
-    def cycle(self, now: datetime) -> Telemetry:
-        """One control-and-publish cycle: read, decide, actuate, queue the reading."""
+    def cycle(self, now: datetime) -> Telemetry | None:
+        """One control-and-publish cycle: read, decide, actuate, queue the reading. Each step
+        survives the failure of the next: control goes on when the disk is full, and the
+        reading is still stored when an actuator fails."""
         sample = self.read_sensors(now)
-        decision = decide(self.control_inputs(now, sample), self.thresholds, self.state,
-                          self.override)
+        try:
+            decision = decide(self.control_inputs(now, sample), self.thresholds, self.state,
+                              self.override)
+        except Exception as exc:  # a controller bug must still leave the beans safe
+            self._record_error(exc, "controller")
+            decision = self._fail_safe(f"controller error: {exc}")
         self.state = decision.state
         if self.override is not None and decision.mode is Mode.AUTO:
-            self.emit(EventType.OVERRIDE_ENDED, "manual override expired; automatic control")
             self.override = None
-        self.hardware.set_fans(decision.fan_speed_pct)
-        self.hardware.set_vents(decision.vent_open_pct, now)
+            self._guarded(self.emit, EventType.OVERRIDE_ENDED,
+                          "manual override expired; automatic control")
+        try:
+            self.hardware.set_fans(decision.fan_speed_pct)
+            self.hardware.set_vents(decision.vent_open_pct, now)
+        except Exception as exc:
+            self._record_error(exc, "actuators")
+            decision = replace(decision, alarms=decision.alarms | {Alarm.NODE_ERROR})
         self.last_decision = decision
         self.last_sample = sample
-        self._report_changes(decision, sample)
-        return self._queue_telemetry(now, sample, decision)
+        self._guarded(self._report_changes, decision, sample)
+        try:
+            return self._queue_telemetry(now, sample, decision)
+        except Exception as exc:  # disk full, SD card failing: the reading is lost, say so
+            self._record_error(exc, "storing the reading")
+            return None
+
+    def _fail_safe(self, why: str) -> Decision:
+        """Fans full, vents open: overheating is the one risk that cannot be undone."""
+        return Decision(fan_speed_pct=100.0, vent_open_pct=100.0, mode=Mode.AUTO,
+                        alarms=frozenset({Alarm.NODE_ERROR}), reasons=(why,), state=self.state)
 
     # --- sensors ------------------------------------------------------------------------------
 
@@ -262,7 +333,10 @@ class NodeAgent:
                 # both exist, stays in the payload through moisture_probe_v for calibration.
                 sample.readings["bean_moisture_pct_wb"] = tray_moisture
         if hw.rain is not None:
-            sample.raining = hw.rain.is_raining
+            try:
+                sample.raining = hw.rain.is_raining
+            except Exception as exc:
+                sample.faults[hw.rain.name] = f"rain sensor: {type(exc).__name__}: {exc}"[:300]
         for key in list(sample.readings):
             value = sample.readings[key]
             spec = MEASUREMENTS_BY_KEY[key]
@@ -286,11 +360,17 @@ class NodeAgent:
                 self.latest.pop(key, None)
         except SensorError as exc:  # transient: this sample has no value, no fault yet
             log.debug("%s", exc)
+        except Exception as exc:  # a driver or library bug: don't trust this sensor now
+            sample.faults[sensor.name] = f"{sensor.name}: driver error {type(exc).__name__}: " \
+                                         f"{exc}"[:300]
+            for key in keys:
+                self.latest.pop(key, None)
         return None
 
     def _tray_moisture(self, mass_kg: float) -> float | None:
         batch = self.batch
-        if batch is None or batch.initial_tray_mass_kg is None or mass_kg <= 0:
+        if (batch is None or batch.initial_tray_mass_kg is None
+                or batch.initial_tray_mass_kg <= 0 or mass_kg <= 0):
             return None
         return moisture_from_tray_mass_pct_wb(batch.initial_tray_mass_kg,
                                               batch.initial_moisture_pct_wb, mass_kg)
@@ -477,6 +557,10 @@ class NodeAgent:
                 mass = self.hardware.tray.read()
             except SensorError as exc:
                 raise CommandRejected(f"cannot weigh the tray: {exc}") from None
+            if mass < MIN_TRAY_SAMPLE_KG:
+                raise CommandRejected(
+                    f"the tray holds {mass:.2f} kg: put at least {MIN_TRAY_SAMPLE_KG} kg of the "
+                    "batch's beans on it before starting the batch")
         self.batch = BatchInfo(batch_id=action.batch_id, started_at=now,
                                initial_moisture_pct_wb=action.initial_moisture_pct_wb,
                                initial_tray_mass_kg=mass)
@@ -502,9 +586,11 @@ def _pct(value: float | None) -> str:
 
 def _raw_field(payload: bytes, name: str) -> Any:
     """Best-effort field from an invalid payload, to name it in the rejection event."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return None
     try:
         data = json.loads(payload)
-        return data.get(name) if isinstance(data, dict) else None
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
-
+    value = data.get(name) if isinstance(data, dict) else None
+    return value if isinstance(value, int | str) and len(str(value)) <= 64 else None

@@ -20,7 +20,9 @@ from cacao_dryer.errors import ConfigError
 
 # BCM GPIO numbers brought out on the 40-pin header of every Pi since the B+ (incl. Zero 2 W).
 HEADER_GPIO_PINS = frozenset(range(2, 28))
-I2C_PINS = frozenset({2, 3})  # SDA, SCL: taken as soon as an I2C device (ADS1115) is configured
+I2C_PINS = frozenset({2, 3})
+# adafruit_dht takes a new measurement at most every 2 s (DHT22 datasheet); a retry waits that.
+DHT_RETRY_WAIT_S = 2.1  # SDA, SCL: taken as soon as an I2C device (ADS1115) is configured
 
 Pin = Annotated[int, Field(description="BCM GPIO number on the 40-pin header")]
 
@@ -39,7 +41,8 @@ class DhtSensorConfig(_Section):
     location: Literal["inside", "ambient"] = Field(
         description="inside = dryer air above the beans; ambient = outside reference, in shade")
     pin: Pin
-    retries: int = Field(3, ge=0, le=10, description="Extra reads after a checksum failure")
+    retries: int = Field(1, ge=0, le=10, description="Extra reads after a checksum failure; "
+                         "each waits ~2 s (the DHT's minimum interval) and blocks the loop")
     median_window: int = Field(5, ge=1, le=15, description="Median of this many recent reads")
     fault_after: int = Field(3, ge=1, le=100,
                              description="Consecutive failed samples before reporting a fault")
@@ -186,14 +189,15 @@ def parse_broker_url(url: str) -> tuple[str, int, bool]:
 
 
 class OutboxConfig(_Section):
-    """The durable on-disk queue of messages not yet acknowledged by the broker."""
+    """The durable on-disk queue of messages not yet acknowledged by the broker. Every reading
+    is fsynced before it is published (survives power cuts); there is deliberately no option
+    to relax that: after a power cut a relaxed outbox could hand out a sequence number again
+    that the gateway already stored, and the new reading would be dropped as a duplicate."""
 
     max_mb: float = Field(64.0, gt=0, le=4096,
                           description="Disk bound; when full the OLDEST messages are dropped "
                           "and counted (queue_dropped_total, queue_overflow event)")
-    sync: Literal["full", "normal"] = Field(
-        "full", description="full = survives power cuts (fsync per reading); normal = survives "
-        "process crashes only, fewer SD-card writes")
+
 
 
 class SimulationConfig(_Section):
@@ -261,10 +265,21 @@ class NodeSettings(_Section):
             else:
                 claim(vent.open_pin, f"vent {vent.name!r}")
                 claim(vent.close_pin, f"vent {vent.name!r}")
-        locations = [s.location for s in self.sensors if isinstance(s, DhtSensorConfig)]
+        dhts = [s for s in self.sensors if isinstance(s, DhtSensorConfig)]
+        locations = [s.location for s in dhts]
         for location in ("inside", "ambient"):
             if locations.count(location) > 1:
                 raise ValueError(f"only one {location} air sensor is supported")
+        if (self.fans or self.vents) and "inside" not in locations:
+            raise ValueError("fans and vents need an inside air sensor (a dht22/dht11 with "
+                             "location = \"inside\") to be controlled safely")
+        # A real DHT needs ~2 s between measurements, so each retry blocks the loop that long
+        # (a simulated one does not wait).
+        worst_s = sum(DHT_RETRY_WAIT_S * s.retries for s in dhts)
+        if not self.simulated and worst_s > self.sample_interval_s / 2:
+            raise ValueError(f"DHT retries could block {worst_s:.1f} s per sample "
+                             f"(~{DHT_RETRY_WAIT_S} s each), more than half of sample_interval_s "
+                             f"= {self.sample_interval_s:g} s: lower retries or sample less often")
         return self
 
 

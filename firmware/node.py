@@ -7,8 +7,10 @@ from; everything else — drivers, controller, outbox, link — is the same code
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,7 +21,7 @@ from firmware.agent import NodeAgent
 from firmware.config import NodeSettings
 from firmware.hardware import DryerHardware, build_hardware
 from firmware.link import MqttLink
-from firmware.outbox import Outbox
+from firmware.outbox import Outbox, OutboxCorrupt
 from firmware.state_store import StateStore
 
 log = logging.getLogger("cacao_dryer.node")
@@ -59,6 +61,35 @@ def _simulation(settings: NodeSettings, clock: Clock | None) -> tuple[Clock, Any
     return clock, model, chips, pin_factory
 
 
+def open_outbox(settings: NodeSettings, store: StateStore) -> Outbox:
+    """The node's outbox; an unreadable one (a damaged SD card) is set aside and replaced.
+
+    The new outbox's sequence numbers start above the current Unix time in seconds: a node
+    takes at most one reading per second, so no number the gateway already holds is reused.
+    """
+    path = settings.data_dir / "outbox.sqlite3"
+
+    def new() -> Outbox:
+        return Outbox(path, max_bytes=int(settings.outbox.max_mb * 1024 * 1024), sync="full",
+                      drop_last=("event",))
+
+    try:
+        return new()
+    except OutboxCorrupt as exc:
+        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            source = path.with_name(path.name + suffix)
+            if source.exists():
+                os.replace(source, aside.with_name(aside.name + suffix))
+        outbox = new()
+        floor = int(time.time())
+        for counter in ("telemetry", "event"):
+            outbox.raise_counter(counter, floor)
+        store.set_aside.append(f"{exc}; moved to {aside.name}, new outbox numbering from "
+                               f"{floor + 1}")
+        return outbox
+
+
 def build_node(settings: NodeSettings, clock: Clock | None = None) -> Node:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     model = chips = pin_factory = None
@@ -70,21 +101,23 @@ def build_node(settings: NodeSettings, clock: Clock | None = None) -> Node:
         clock = clock or SystemClock()
         chips = RealChips()
     hardware = build_hardware(settings, chips, pin_factory, clock)
-    outbox = Outbox(settings.data_dir / "outbox.sqlite3",
-                    max_bytes=int(settings.outbox.max_mb * 1024 * 1024),
-                    sync=settings.outbox.sync, drop_last=("event",))
+    # Ventilate before touching the disk: if the SD card is in trouble, the dryer is already in
+    # the one position that cannot burn beans while we find out (the controller starts there).
+    hardware.set_fans(100.0)
+    hardware.set_vents(100.0, clock.now())
+    store = StateStore(settings.data_dir)
+    outbox = open_outbox(settings, store)
 
     on_tick = on_batch_start = None
     if model is not None:
-        on_tick = _simulation_tick(model, chips, pin_factory, settings,
-                                   StateStore(settings.data_dir))
+        on_tick = _simulation_tick(model, chips, pin_factory, settings, store)
 
         def on_batch_start(now: datetime, action: StartBatchAction) -> None:
             model.load_new_batch(action.initial_moisture_pct_wb, settings.simulation.load_kg,
                                  now)
 
     agent = NodeAgent(settings, clock=clock, hardware=hardware, outbox=outbox,
-                      store=StateStore(settings.data_dir), on_tick=on_tick,
+                      store=store, on_tick=on_tick,
                       on_batch_start=on_batch_start)
     link = MqttLink(
         settings.mqtt,
@@ -138,13 +171,19 @@ def run_node(settings: NodeSettings) -> None:
     log.info("node %s/%s running (%s), broker %s, data in %s", settings.site_id,
              settings.node_id, "simulated" if settings.simulated else "hardware",
              settings.mqtt.broker, settings.data_dir)
+    node.agent.run(stop)
     try:
-        node.agent.run(stop)
+        node.agent.shutdown()  # fans off, vents open (waits for relay vents to open)
     finally:
-        node.agent.shutdown()
-        # A clean disconnect does not fire the Last Will: say "offline" ourselves (and wait
-        # for the broker's acknowledgement).
-        node.link.stop(timeout=5.0, final_publish=(
-            node.agent.topic(Channel.STATUS), node.agent.status(NodeState.OFFLINE), 1, True))
-        node.outbox.close()
+        try:
+            # A clean disconnect does not fire the Last Will: say "offline" ourselves (and
+            # wait for the broker's acknowledgement).
+            offline = node.agent.status(NodeState.OFFLINE)
+        except Exception:  # the outbox could not be read: the Last Will says it anyway
+            offline = node.agent.offline_status()
+        try:
+            node.link.stop(timeout=5.0, final_publish=(
+                node.agent.topic(Channel.STATUS), offline, 1, True))
+        finally:
+            node.outbox.close()
 

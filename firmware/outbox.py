@@ -79,6 +79,11 @@ class OutboxMessage:
     seq: int
 
 
+class OutboxCorrupt(OutboxError):
+    """The outbox file exists but is not a readable outbox database (e.g. after SD-card
+    corruption); distinct from "in use by another process", which must stop the node."""
+
+
 @dataclass(frozen=True, slots=True)
 class DroppedRange:
     """Messages of one counter dropped because the outbox was full: seq first..last inclusive."""
@@ -142,7 +147,7 @@ class Outbox:
             raise OutboxError(f"outbox {path}: cannot open ({exc})") from None
         except sqlite3.DatabaseError as exc:
             self._db.close()
-            raise OutboxError(f"outbox {path}: not a usable outbox database ({exc})") from None
+            raise OutboxCorrupt(f"outbox {path}: not a usable outbox database ({exc})") from None
         except OutboxError:
             self._db.close()
             raise
@@ -263,6 +268,20 @@ class Outbox:
     def dropped_total(self) -> int:
         """Messages dropped because the outbox was full, ever (survives restarts)."""
         return self.counter(DROPPED_TOTAL)
+
+    def raise_counter(self, name: str, at_least: int) -> None:
+        """Make counter ``name`` continue above ``at_least`` (after the outbox had to be
+        recreated, so that no sequence number the gateway already has is given out again)."""
+        with self._lock:
+            self._begin()
+            try:
+                self._db.execute(
+                    "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) "
+                    "DO UPDATE SET value = max(value, excluded.value)", (name, at_least))
+                self._commit()
+            except BaseException:
+                self._rollback()
+                raise
 
     def counter(self, name: str) -> int:
         """The last sequence number given out by counter ``name`` (0 if none yet)."""

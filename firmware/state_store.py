@@ -1,12 +1,14 @@
 """What a node remembers across restarts besides its outbox: the last good threshold config
 and the batch in the dryer. Small JSON files, written atomically (temp file, fsync, rename), so
-a power cut leaves either the old or the new file, never half of one.
+a power cut leaves either the old or the new file, never half of one. A file that is
+unreadable anyway (a damaged SD card) is moved aside and reported, never a reason not to run.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -14,7 +16,6 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from cacao_dryer.contract import NodeConfig
-from cacao_dryer.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class StateStore:
     load-cell tare taken on site, which overrides the config file's offset)."""
 
     def __init__(self, data_dir: Path) -> None:
+        self.set_aside: list[str] = []  # one line per unreadable file moved out of the way
         self._config_path = data_dir / "config.json"
         self._batch_path = data_dir / "batch.json"
         self._tray_path = data_dir / "tray.json"
@@ -71,10 +73,20 @@ class StateStore:
         try:
             return float(json.loads(self._tray_path.read_text())["tare_offset_counts"])
         except (ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(f"{self._tray_path}: stored tare is unreadable ({exc})") from None
+            self._set_aside(self._tray_path, "stored tare", exc)
+            return None
 
     def save_tare_offset(self, counts: float) -> None:
         write_atomically(self._tray_path, json.dumps({"tare_offset_counts": counts}).encode())
+
+    def _set_aside(self, path: Path, what: str, error: Exception) -> None:
+        """An unreadable file (SD card damaged by a power cut) must not stop the node from
+        controlling the dryer: move it aside for a technician and carry on without it."""
+        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+        os.replace(path, aside)
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        self.set_aside.append(f"{what} {path.name} was unreadable ({reason[:120]}); "
+                              f"moved to {aside.name}, continuing without it")
 
     def load_config(self) -> NodeConfig | None:
         if not self._config_path.exists():
@@ -82,8 +94,8 @@ class StateStore:
         try:
             return NodeConfig.model_validate_json(self._config_path.read_bytes())
         except (ValidationError, ValueError) as exc:
-            raise ConfigError(f"{self._config_path}: stored config is unreadable ({exc})"
-                              .splitlines()[0]) from None
+            self._set_aside(self._config_path, "stored config", exc)
+            return None
 
     def save_config(self, config: NodeConfig) -> None:
         write_atomically(self._config_path, config.model_dump_json(indent=1).encode())
@@ -101,7 +113,8 @@ class StateStore:
                                       else float(raw["initial_tray_mass_kg"])),
             )
         except (ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(f"{self._batch_path}: stored batch is unreadable ({exc})") from None
+            self._set_aside(self._batch_path, "stored batch", exc)
+            return None
 
     def save_batch(self, batch: BatchInfo | None) -> None:
         if batch is None:

@@ -105,3 +105,14 @@ def test_broker_url_parsing():
 def test_two_inside_air_sensors_are_refused(tmp_path):
     second = DHT.replace('"aire"', '"aire-2"').replace("pin = 4", "pin = 5")
     assert "only one inside air sensor" in error_for(tmp_path, DHT + second)
+
+
+def test_actuators_without_an_inside_air_sensor_are_refused(tmp_path):
+    fan = '[[fans]]\nname = "v1"\ntype = "pwm"\npin = 18\n'
+    outside = DHT.replace('"inside"', '"ambient"')
+    assert "fans and vents need an inside air sensor" in error_for(tmp_path, outside + fan)
+
+
+def test_dht_retries_that_would_stall_the_loop_are_refused(tmp_path):
+    message = error_for(tmp_path, DHT.replace("pin = 4", "pin = 4\nretries = 3"))
+    assert "DHT retries could block 6.3 s per sample" in message

@@ -110,7 +110,7 @@ def test_thresholds_must_be_ordered():
 def test_threshold_schema_carries_unit_and_source_for_the_dashboard():
     schema = Thresholds.model_json_schema()["properties"]["air_temp_limit_c"]
     assert schema["unit"] == "°C" and schema["source"] == "ICCO"
-    assert (schema["minimum"], schema["maximum"], schema["default"]) == (35.0, 70.0, 65.0)
+    assert (schema["minimum"], schema["maximum"], schema["default"]) == (35.0, 65.0, 65.0)
 
 
 def test_config_message_round_trips():
@@ -138,3 +138,17 @@ def test_unknown_command_type_is_rejected():
                b'"action":{"type":"self_destruct"}}')
     with pytest.raises(PayloadError, match="action"):
         decode(Channel.COMMAND, payload)
+
+
+@pytest.mark.parametrize(("payload", "reason"), [
+    (b"[" * 5000 + b"]" * 5000, "nested too deeply|not valid JSON"),
+    (b'{"schema_version":1,"version":' + b"9" * 5000 + b"}", "not valid JSON"),
+])
+def test_hostile_json_is_a_payload_error_not_a_crash(payload, reason):
+    with pytest.raises(PayloadError, match=reason):
+        decode(Channel.CONFIG, payload)
+
+
+def test_no_threshold_can_allow_air_above_the_bean_limit():
+    with pytest.raises(ValueError, match="air_temp_limit_c"):
+        Thresholds(air_temp_limit_c=70)

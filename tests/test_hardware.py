@@ -90,6 +90,7 @@ def test_second_moisture_probe_is_refused_and_pins_are_released(factory: MockFac
                                                                 clock: ManualClock) -> None:
     chips = SteadyChips()
     config = settings(sensors=[
+        {"type": "dht22", "name": "dryer-air", "location": "inside", "pin": 4},
         {"type": "rain", "pin": 26},
         {"type": "moisture_probe", "name": "probe-a", "calibration": [[1, 50], [2, 10]]},
         {"type": "moisture_probe", "name": "probe-b", "channel": 1,

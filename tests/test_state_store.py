@@ -5,7 +5,6 @@ from datetime import UTC, datetime
 import pytest
 
 from cacao_dryer.contract import NodeConfig, Thresholds
-from cacao_dryer.errors import ConfigError
 from firmware.state_store import BatchInfo, StateStore
 
 NOW = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
@@ -21,11 +20,17 @@ def test_no_config_before_the_first_one(tmp_path):
     assert StateStore(tmp_path).load_config() is None
 
 
-def test_corrupt_config_file_is_reported_in_one_line(tmp_path):
-    (tmp_path / "config.json").write_text("{half a fi")
-    with pytest.raises(ConfigError, match="stored config is unreadable") as error:
-        StateStore(tmp_path).load_config()
-    assert "\n" not in str(error.value)
+@pytest.mark.parametrize(("name", "load"), [("config.json", StateStore.load_config),
+                                            ("batch.json", StateStore.load_batch),
+                                            ("tray.json", StateStore.load_tare_offset)])
+def test_a_corrupt_file_is_set_aside_and_reported_not_fatal(tmp_path, name, load):
+    (tmp_path / name).write_text("{half a fi")
+    store = StateStore(tmp_path)
+    assert load(store) is None
+    assert not (tmp_path / name).exists()
+    assert [p.name.startswith(f"{name}.corrupt-") for p in tmp_path.iterdir()] == [True]
+    assert len(store.set_aside) == 1 and "unreadable" in store.set_aside[0]
+    assert "\n" not in store.set_aside[0]
 
 
 def test_batch_round_trips_and_clears(tmp_path):

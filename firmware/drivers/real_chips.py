@@ -16,14 +16,19 @@ from types import ModuleType
 from typing import Any
 
 from cacao_dryer.errors import ConfigError, SensorError
-from firmware.config import DhtSensorConfig, LoadCellTrayConfig, MoistureProbeConfig
+from firmware.config import (
+    DHT_RETRY_WAIT_S,
+    DhtSensorConfig,
+    LoadCellTrayConfig,
+    MoistureProbeConfig,
+)
 from firmware.drivers.base import AdcChannel, DhtChip, Hx711Chip
 
 INSTALL_HINT = "pip install 'cacao-dryer[pi]'"
 
 # adafruit_dht measures again only if more than 2 s passed since its last attempt, else it
 # returns the previous values (stale after a failed read!). DHT22 datasheet: one reading per 2 s.
-DHT_MIN_INTERVAL_S = 2.1
+DHT_MIN_INTERVAL_S = DHT_RETRY_WAIT_S
 ADS1115_GAINS = (2 / 3, 1, 2, 4, 8, 16)
 
 
