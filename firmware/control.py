@@ -58,6 +58,11 @@ DRYING_RATE_WINDOW_S = 3600.0
 # a value hovering at a threshold does not flood the gateway with raised/cleared events
 # (estimate).
 ALARM_CLEAR_AFTER_S = 300.0
+# estimate: hysteresis of the humid-air alarms, a little above what DHT22 noise (±0.5 °C,
+# ±2 % RH, datasheet) moves the dew-point margin (~0.5 K) and the GAB equilibrium (~0.3 %).
+CONDENSATION_HYSTERESIS_K = 1.0
+REWET_HYSTERESIS_PCT = 0.5
+REWET_HYSTERESIS_RH_PCT = 3.0
 
 
 class TempLevel(IntEnum):
@@ -620,8 +625,13 @@ def _next_vent(wanted: _Setting, state: ControllerState, now: datetime,
 # --- alarms ----------------------------------------------------------------------------------
 
 def _alarm_conditions(seen: _Trusted, moisture: _Moisture, night: bool, vent_pct: float,
-                      raining: bool | None, t: Thresholds) -> tuple[set[Alarm], list[str]]:
-    """Every alarm whose condition holds right now (before the clear delay), and why."""
+                      raining: bool | None, t: Thresholds,
+                      shown: frozenset[Alarm] = frozenset()) -> tuple[set[Alarm], list[str]]:
+    """Every alarm whose condition holds right now (before the clear delay), and why.
+
+    ``shown``: alarms raised before. Humid-air alarms clear only past a hysteresis band, so a
+    tropical night hovering at the threshold (plus sensor noise) does not raise and clear
+    them every few minutes."""
     alarms, reasons = set(seen.alarms), []
     air_c, air_rh, bean_pct = seen.air_temp_c, seen.air_rh_pct, moisture.now_pct_wb
     if air_c is not None:
@@ -646,15 +656,20 @@ def _alarm_conditions(seen: _Trusted, moisture: _Moisture, night: bool, vent_pct
         # Condensation in the dryer air, or at night on the cover, which then cools to about
         # the outside temperature (estimate; by day the sun keeps the cover warmer).
         cover_c = seen.ambient_temp_c if night else None
-        if air_c - inside_dew_c < t.condensation_margin_k or (
-                cover_c is not None and cover_c - inside_dew_c < t.condensation_margin_k):
+        margin_k = t.condensation_margin_k + (
+            CONDENSATION_HYSTERESIS_K if Alarm.CONDENSATION_RISK in shown else 0.0)
+        if air_c - inside_dew_c < margin_k or (
+                cover_c is not None and cover_c - inside_dew_c < margin_k):
             alarms.add(Alarm.CONDENSATION_RISK)
             reasons.append(f"dew point inside {inside_dew_c:.1f} °C: condensation likely")
         # The inside air itself re-wets the beans [Sandoval2020].
+        was_rewetting = Alarm.REWETTING_RISK in shown
         if bean_pct is not None:
-            rewets = gab_equilibrium_moisture_pct_wb(air_rh) >= bean_pct
+            rewets = gab_equilibrium_moisture_pct_wb(air_rh) >= bean_pct - (
+                REWET_HYSTERESIS_PCT if was_rewetting else 0.0)
         else:
-            rewets = air_rh >= t.rewet_rh_pct
+            rewets = air_rh >= t.rewet_rh_pct - (REWET_HYSTERESIS_RH_PCT if was_rewetting
+                                                 else 0.0)
         if rewets:
             alarms.add(Alarm.REWETTING_RISK)
             reasons.append(f"inside air at {air_rh:.0f} % RH can re-wet the beans")
@@ -712,8 +727,9 @@ def decide(inputs: ControlInputs, thresholds: Thresholds, state: ControllerState
     fan_pct, fan_changed_at, fan_wait = _next_fan(target.fan, state, now, t)
     vent_pct, vent_changed_at, vent_wait = _next_vent(target.vent, state, now, t)
 
-    active, alarm_reasons = _alarm_conditions(seen, moisture, night, vent_pct, inputs.raining,
-                                              t)
+    active, alarm_reasons = _alarm_conditions(
+        seen, moisture, night, vent_pct, inputs.raining, t,
+        frozenset(alarm for alarm, _ in state.alarm_seen_at))
     alarms, alarm_seen_at = _hold_alarms(active, state, now)
 
     reasons = [target.fan.why]

@@ -431,6 +431,25 @@ def test_no_condensation_risk_in_dry_air():
     assert Alarm.CONDENSATION_RISK not in decide_now(scene()).alarms
 
 
+def test_condensation_risk_clears_only_past_its_hysteresis_band():
+    """A humid night hovering at the 2 K margin must not raise and clear the alarm."""
+    later = T0 + timedelta(seconds=ALARM_CLEAR_AFTER_S + 60)
+    raised = decide_now(scene(air=(25.0, rh_for_dew_point(25.0, 23.5))))  # 1.5 K margin
+    assert Alarm.CONDENSATION_RISK in raised.alarms
+    hovering = decide(scene(later, air=(25.0, rh_for_dew_point(25.0, 22.5))),  # 2.5 K
+                      DEFAULTS, raised.state, None)
+    assert Alarm.CONDENSATION_RISK in hovering.alarms
+    clear = decide(scene(later + timedelta(seconds=ALARM_CLEAR_AFTER_S + 60),
+                         air=(25.0, rh_for_dew_point(25.0, 21.5))),  # 3.5 K: past the band
+                   DEFAULTS, hovering.state, None)
+    assert Alarm.CONDENSATION_RISK not in clear.alarms
+
+
+def test_margin_just_above_threshold_raises_nothing_when_no_alarm_was_shown():
+    decision = decide_now(scene(air=(25.0, rh_for_dew_point(25.0, 22.5))))  # 2.5 K
+    assert Alarm.CONDENSATION_RISK not in decision.alarms
+
+
 def test_rewetting_risk_when_inside_air_would_wet_dry_beans():
     decision = decide_now(scene(air=(26.0, 85.0), moisture=8.0))
     assert Alarm.REWETTING_RISK in decision.alarms
