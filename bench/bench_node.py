@@ -178,8 +178,9 @@ def main() -> int:
             "(page cache dirtied, 4 KiB granularity), the closest a test gets to what the "
             "card sees; see docs/store-and-forward.md for the outbox alone. At ~90 MB/day a "
             "node writes ~33 GB a year: a 16 GB card rated for 1,000 write cycles lasts "
-            "decades even with 10x write amplification; `sync = \"normal\"` writes about a "
-            "third of that but may lose the last seconds of readings in a power cut.",
+            "decades even with 10x write amplification; a relaxed outbox (SQLite "
+            "synchronous=NORMAL) would write about a third of that, but nodes never use it: "
+            "after a power cut it could reuse sequence numbers (docs/store-and-forward.md).",
             "",
             "Memory: where a node's resident memory goes (x86_64, import by import): the "
             "interpreter ~10.7 MB, pydantic (library, pydantic-core, validators) ~16 MB, "
