@@ -5,9 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: Mosquitto (the broker the tests and the demo start privately).
+# Debian packages: Mosquitto (the broker the tests and the demo start privately) and InfluxDB
+# 1.x (Debian's `influxdb`, what Raspberry Pi OS installs; tests start private influxd's).
 apt_packages=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || apt_packages+=(mosquitto)
+command -v influxd >/dev/null 2>&1 || [ -x /usr/bin/influxd ] || apt_packages+=(influxdb)
 command -v python3 >/dev/null 2>&1 || apt_packages+=(python3 python3-venv)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   echo "bootstrap: installing Debian packages: ${apt_packages[*]}"
@@ -28,6 +30,6 @@ want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "bootstrap: installing Python packages (pip)"
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[node,dev,demo]"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[node,gateway,dev,demo]"
   echo "$want" > "$stamp"
 fi
