@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from cacao_dryer.errors import CacaoDryerError
 
@@ -21,18 +22,24 @@ def _setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _load_node_settings(config: Path, broker: str | None):  # type: ignore[no-untyped-def]
-    from firmware.config import load_node_config, parse_broker_url
+def _with_broker(settings: Any, broker: str | None) -> Any:
+    """Node or gateway settings with ``--broker`` in place of the config's broker."""
+    if not broker:
+        return settings
+    from firmware.config import parse_broker_url
 
-    settings = load_node_config(config)
-    if broker:
-        try:
-            parse_broker_url(broker)
-        except ValueError as exc:
-            raise CacaoDryerError(f"--broker: {exc}") from None
-        settings = settings.model_copy(
-            update={"mqtt": settings.mqtt.model_copy(update={"broker": broker})})
-    return settings
+    try:
+        parse_broker_url(broker)
+    except ValueError as exc:
+        raise CacaoDryerError(f"--broker: {exc}") from None
+    return settings.model_copy(
+        update={"mqtt": settings.mqtt.model_copy(update={"broker": broker})})
+
+
+def _load_node_settings(config: Path, broker: str | None):  # type: ignore[no-untyped-def]
+    from firmware.config import load_node_config
+
+    return _with_broker(load_node_config(config), broker)
 
 
 def node_run(args: argparse.Namespace) -> None:
@@ -49,6 +56,16 @@ def node_check_config(args: argparse.Namespace) -> None:
     print(f"{args.config}: OK — node {settings.site_id}/{settings.node_id}, "
           f"{'simulated' if settings.simulated else 'hardware'}; sensors: {kinds}; "
           f"fans: {len(settings.fans)}; vents: {len(settings.vents)}")
+
+
+def gateway_run(args: argparse.Namespace) -> None:
+    _setup_logging(args.log_level)
+    from gateway.config import load_gateway_config
+
+    settings = _with_broker(load_gateway_config(args.config), args.broker)
+    from gateway.service import run_gateway
+
+    run_gateway(settings)
 
 
 def schema_export(args: argparse.Namespace) -> None:
@@ -98,6 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
                      "mqtt://192.168.1.10:1883")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning",
                                                              "error"])
+
+    gateway = commands.add_parser("gateway", help="the collection center's server")
+    gateway_commands = gateway.add_subparsers(title="gateway commands", required=True,
+                                              metavar="COMMAND")
+    gateway_run_parser = _command(gateway_commands, "run", gateway_run,
+                                  "Ingest every node's readings until stopped.")
+    gateway_run_parser.add_argument("--config", "-c", type=Path, required=True,
+                                    help="gateway config file (TOML)")
+    gateway_run_parser.add_argument("--broker", help="override the config's broker")
+    gateway_run_parser.add_argument("--log-level", default="info",
+                                    choices=["debug", "info", "warning", "error"])
 
     schema = commands.add_parser("schema", help="the MQTT message contract")
     schema_commands = schema.add_subparsers(title="schema commands", required=True,

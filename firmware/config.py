@@ -283,8 +283,9 @@ class NodeSettings(_Section):
         return self
 
 
+# Discriminator tags pydantic puts in error locations; left out of "where" in messages.
 _DEVICE_TAGS = {"dht22", "dht11", "moisture_probe", "load_cell_tray", "rain", "pwm", "relay",
-                "servo"}
+                "servo", "sqlite", "influxdb1", "influxdb2"}
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -298,15 +299,18 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return text
 
 
-def _one_line(error: ValidationError) -> str:
+def one_line_error(error: ValidationError) -> str:
+    """The first problem of a config ValidationError as ' key: what is wrong'."""
     first = error.errors()[0]
     location = _location(first["loc"])
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "union_tag_invalid":
-        message = (f"unknown type {first['input'].get('type')!r} "
+        message = (f"unknown type {first['ctx']['tag']!r} "
                    f"(expected one of {first['ctx']['expected_tags']})")
     elif first["type"] == "union_tag_not_found":
-        message = "missing 'type' (which kind of device is this?)"
+        message = (f"missing {first['ctx']['discriminator']} (which kind of "
+                   f"{'storage' if 'kind' in first['ctx']['discriminator'] else 'device'} "
+                   "is this?)")
     elif first["type"] == "missing":
         message = "missing (required)"
     elif first["type"] == "extra_forbidden":
@@ -319,7 +323,7 @@ def parse_node_config(data: dict[str, object], source: str = "node config") -> N
     try:
         return NodeSettings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{source}:{_one_line(exc)}") from None
+        raise ConfigError(f"{source}:{one_line_error(exc)}") from None
 
 
 def load_node_config(path: Path) -> NodeSettings:

@@ -1,0 +1,108 @@
+"""Gateway configuration file (TOML): which sites, which broker, which time-series store.
+
+``load_gateway_config(path)`` returns validated ``GatewaySettings`` or raises ``ConfigError``
+with one line naming the file and the key (same rules and formatting as node configs).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cacao_dryer.contract import Identifier
+from cacao_dryer.errors import ConfigError
+from firmware.config import one_line_error, parse_broker_url
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewayMqttConfig(_Section):
+    broker: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password_file: Path | None = None
+    tls_ca_file: Path | None = None
+    client_id: str = Field("cacao-gateway", min_length=1, max_length=64,
+                           description="Stable: the broker keeps this session's queue")
+    shared_group: Identifier | None = Field(
+        None, description="Several gateways share a site's messages ($share/<group>/...)")
+    session_expiry_s: int = Field(
+        7 * 24 * 3600, ge=0, description="How long the broker queues messages for a stopped "
+        "gateway (MQTT v5 persistent session)")
+    receive_maximum: int = Field(1000, ge=1, le=65535,
+                                 description="Unacknowledged messages the broker may send")
+    keepalive_s: int = Field(30, ge=5, le=600)
+
+    @field_validator("broker")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parse_broker_url(value)
+        return value
+
+
+class SqliteStorage(_Section):
+    kind: Literal["sqlite"]
+    path: Path = Path("readings.sqlite3")
+
+
+class InfluxDB1Storage(_Section):
+    kind: Literal["influxdb1"]
+    url: str = "http://127.0.0.1:8086"
+    database: str = "cacao"
+    username: str | None = None
+    password_file: Path | None = None
+
+
+class InfluxDB2Storage(_Section):
+    kind: Literal["influxdb2"]
+    url: str = "http://127.0.0.1:8086"
+    org: str
+    bucket: str = "cacao"
+    token_file: Path
+
+
+Storage = Annotated[SqliteStorage | InfluxDB1Storage | InfluxDB2Storage,
+                    Field(discriminator="kind")]
+
+
+class GatewaySettings(_Section):
+    sites: list[Identifier | Literal["+"]] = Field(
+        default_factory=lambda: ["+"], description="Site ids to ingest; + = every site")
+    data_dir: Path = Field(Path("/var/lib/cacao-gateway"),
+                           description="Spool (readings kept while the database is down)")
+    mqtt: GatewayMqttConfig = GatewayMqttConfig()
+    storage: Storage = SqliteStorage(kind="sqlite")
+    batch_max_readings: int = Field(5000, ge=1, le=100_000)
+    batch_max_latency_s: float = Field(
+        0.2, gt=0, le=10, description="A reading is written at most this long after arrival")
+
+
+def parse_gateway_config(data: dict[str, object], source: str = "gateway config"
+                         ) -> GatewaySettings:
+    try:
+        return GatewaySettings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}:{one_line_error(exc)}") from None
+
+
+def load_gateway_config(path: Path) -> GatewaySettings:
+    """Read and validate a gateway TOML file; relative paths are relative to the file."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    settings = parse_gateway_config(data, str(path))
+    updates: dict[str, object] = {}
+    if not settings.data_dir.is_absolute():
+        updates["data_dir"] = path.parent / settings.data_dir
+    storage = settings.storage
+    if isinstance(storage, SqliteStorage) and not storage.path.is_absolute():
+        base = updates.get("data_dir", settings.data_dir)
+        updates["storage"] = storage.model_copy(update={"path": Path(str(base)) / storage.path})
+    return settings.model_copy(update=updates) if updates else settings

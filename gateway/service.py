@@ -1,0 +1,53 @@
+"""Assemble and run the gateway from its settings."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Any
+
+from cacao_dryer.errors import ConfigError
+from gateway.config import GatewaySettings, InfluxDB1Storage, SqliteStorage
+from gateway.ingest import Ingest
+from gateway.timeseries import TimeSeriesStore
+
+log = logging.getLogger("cacao_dryer.gateway")
+
+
+def open_store(settings: GatewaySettings) -> TimeSeriesStore:
+    storage = settings.storage
+    if isinstance(storage, SqliteStorage):
+        from gateway.stores.sqlite import SqliteStore
+
+        return SqliteStore(storage.path)
+    if isinstance(storage, InfluxDB1Storage):
+        from gateway.stores.influxdb1 import InfluxDB1Store
+
+        password = storage.password_file.read_text().strip() if storage.password_file else None
+        return InfluxDB1Store(storage.url, storage.database, username=storage.username,
+                              password=password)
+    raise ConfigError(f"storage kind {storage.kind!r} is not available yet")
+
+
+def run_gateway(settings: GatewaySettings) -> None:
+    """Ingest until SIGTERM/SIGINT."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = open_store(settings)
+    ingest = Ingest(settings, store)
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    ingest.start()
+    log.info("gateway ingesting %s from %s into %s", ", ".join(settings.sites),
+             settings.mqtt.broker, settings.storage.kind)
+    try:
+        stop.wait()
+    finally:
+        ingest.stop()
+        store.close()
