@@ -40,12 +40,19 @@ from cacao_dryer.errors import CacaoDryerError, PayloadError, TopicError
 from firmware.config import parse_broker_url
 from gateway.config import GatewaySettings
 from gateway.spool import Spool
-from gateway.timeseries import StoredReading, StoreUnavailable, TimeSeriesStore, missing_ranges
+from gateway.timeseries import (
+    StoredReading,
+    StoreRejected,
+    StoreUnavailable,
+    TimeSeriesStore,
+    missing_ranges,
+)
 
 log = logging.getLogger("cacao_dryer.gateway")
 
 INVALID_LOG_INTERVAL_S = 60.0
 RETRY_MIN_S, RETRY_MAX_S = 0.5, 30.0
+SPOOL_RETRY_S = 5.0  # how often an idle gateway tries to write its spool out
 
 
 @dataclass(frozen=True)
@@ -163,10 +170,14 @@ class Ingest:
     # --- the writer thread --------------------------------------------------------------------
 
     def _write_loop(self) -> None:
+        last_flush_try = time.monotonic()
         while not (self._stop.is_set() and self._inbox.empty()):
             batch = self._next_batch()
             if batch:
                 self._process_until_durable(batch)
+            elif len(self._spool) and time.monotonic() - last_flush_try > SPOOL_RETRY_S:
+                last_flush_try = time.monotonic()
+                self._persist([])  # quiet site: still bring the spool home when the store is back
 
     def _next_batch(self) -> list[Received]:
         try:
@@ -230,16 +241,22 @@ class Ingest:
         spool is written out first, so readings reach the store in arrival order."""
         if not readings and not len(self._spool):
             return
+        new = 0
         try:
             if len(self._spool):
                 self.stats.stored += self._spool.flush_into(self.store)
                 log.info("spool written to the store")
-            new = self.store.write(readings) if readings else 0
-        except StoreUnavailable as exc:
+            if readings:
+                new = self.store.write(readings)
+        except (StoreUnavailable, StoreRejected) as exc:
+            # Unavailable: retried when the store is back. Rejected (credentials, privileges,
+            # a field type clash): kept until an administrator fixes the store — spooled
+            # readings are never dropped, and every attempt is logged and counted.
             self.stats.store_errors += 1
-            log.warning("store unavailable (%s): spooling %d readings", exc, len(readings))
-            self._spool.append(readings)
-            self.stats.spooled += len(readings)
+            if readings:
+                log.warning("store cannot take readings (%s): spooling %d", exc, len(readings))
+                self._spool.append(readings)
+                self.stats.spooled += len(readings)
             return
         self.stats.stored += new
         self.stats.duplicates += len(readings) - new

@@ -24,6 +24,11 @@ class StoreUnavailable(CacaoDryerError, ConnectionError):
     """The database cannot take writes right now (down, overloaded, disk full): retry later."""
 
 
+class StoreRejected(CacaoDryerError, ValueError):
+    """The database refused the request and will refuse it again (bad credentials, missing
+    permission, data it cannot store): retrying does not help; fix the configuration."""
+
+
 @dataclass(frozen=True)
 class StoredReading:
     """One telemetry message as stored: identity, time, numeric fields and a few labels."""

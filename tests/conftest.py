@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from gpiozero.pins.mock import MockFactory, MockPWMPin
+from support.influxd import InfluxDaemon
 from support.mosquitto import MosquittoBroker
 
 from cacao_dryer.clock import ManualClock
@@ -35,3 +36,14 @@ def factory() -> Iterator[MockFactory]:
 def clock() -> ManualClock:
     """Time that moves only when the test says so."""
     return ManualClock(datetime(2026, 3, 1, 12, 0, tzinfo=UTC))
+
+
+@pytest.fixture
+def influxd(tmp_path: Path) -> Iterator[InfluxDaemon]:
+    """A private, running influxd (Debian's InfluxDB 1.x) on free loopback ports with its data,
+    WAL and meta folders in this test's tmp dir (never the machine's own on 8086); killed at
+    teardown. It starts in a few hundredths of a second, so each test gets a fresh one."""
+    server = InfluxDaemon(tmp_path / "influxd")
+    server.start()
+    yield server
+    server.kill()

@@ -1,0 +1,342 @@
+"""The InfluxDB 1.x time-series store against a real, private influxd (Debian's 1.6.7)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from support.influxd import InfluxDaemon, WalErrorProxy
+from support.mosquitto import free_port
+
+from gateway.stores.influxdb1 import MAX_LINES_PER_REQUEST, InfluxDB1Store
+from gateway.timeseries import StoredReading, StoreRejected, StoreUnavailable, missing_ranges
+
+pytestmark = pytest.mark.integration
+
+DB = "cacao"
+SITE, NODE = "coop-norte", "secador-01"
+T0 = datetime(2026, 3, 1, 6, 0, tzinfo=UTC)
+
+
+def reading(seq: int, at: datetime | None = None, node: str = NODE, site: str = SITE,
+            **fields: float) -> StoredReading:
+    return StoredReading(
+        site_id=site, node_id=node, seq=seq,
+        measured_at=at if at is not None else T0 + timedelta(seconds=30 * seq),
+        fields=fields or {"air_temp_c": 40.0 + seq, "air_rh_pct": 50.0},
+        raining=False, mode="auto")
+
+
+def readings(seqs: range | list[int], node: str = NODE) -> list[StoredReading]:
+    return [reading(seq, node=node) for seq in seqs]
+
+
+@pytest.fixture
+def store(influxd: InfluxDaemon) -> Iterator[InfluxDB1Store]:
+    with InfluxDB1Store(influxd.url, DB, timeout_s=5) as opened:
+        yield opened
+
+
+def stored_points(influxd: InfluxDaemon, node: str = NODE) -> list[tuple[int, int]]:
+    """(time ns, seq) of every point of a node, read straight from influxd."""
+    answer = influxd.query(f"SELECT seq FROM dryer_reading WHERE node = '{node}'", DB)
+    series = answer["results"][0].get("series", [])
+    return [(time, seq) for time, seq in series[0]["values"]] if series else []
+
+
+# --- writing exactly once -----------------------------------------------------------------
+
+def test_a_new_batch_is_stored_and_counted_as_new(store: InfluxDB1Store,
+                                                  influxd: InfluxDaemon) -> None:
+    assert store.write(readings(range(1, 101))) == 100
+    assert sorted(seq for _, seq in stored_points(influxd)) == list(range(1, 101))
+
+
+def test_writing_the_same_readings_again_stores_each_once(store: InfluxDB1Store,
+                                                          influxd: InfluxDaemon) -> None:
+    batch = readings(range(1, 51))
+    store.write(batch)
+    assert store.write(batch) == 0
+    assert len(stored_points(influxd)) == 50
+
+
+def test_a_replay_overlapping_stored_readings_counts_only_the_new_ones(
+        store: InfluxDB1Store, influxd: InfluxDaemon) -> None:
+    store.write(readings(range(1, 21)))
+    assert store.write(readings(range(11, 31))) == 10
+    assert len(stored_points(influxd)) == 30
+
+
+def test_a_reading_twice_in_one_batch_is_stored_and_counted_once(
+        store: InfluxDB1Store, influxd: InfluxDaemon) -> None:
+    assert store.write([reading(5), reading(6), reading(5)]) == 2
+    assert len(stored_points(influxd)) == 2
+
+
+def test_readings_with_the_same_clock_time_are_two_points(store: InfluxDB1Store,
+                                                          influxd: InfluxDaemon) -> None:
+    """A node whose clock stepped back takes two readings at the same instant: InfluxDB would
+    overwrite one point with the other if they shared a timestamp."""
+    same_moment = T0 + timedelta(hours=1)
+    assert store.write([reading(41, same_moment), reading(42, same_moment)]) == 2
+    assert sorted(seq for _, seq in stored_points(influxd)) == [41, 42]
+    assert store.seq_ranges(SITE, NODE) == [(41, 42)]
+
+
+def test_readings_of_different_nodes_at_the_same_time_are_separate_points(
+        store: InfluxDB1Store, influxd: InfluxDaemon) -> None:
+    assert store.write([reading(1, T0, node="secador-01"), reading(1, T0, node="secador-02")]) == 2
+    assert len(stored_points(influxd, "secador-01")) == 1
+    assert len(stored_points(influxd, "secador-02")) == 1
+
+
+def test_a_replay_spanning_weeks_counts_its_new_readings(store: InfluxDB1Store,
+                                                         influxd: InfluxDaemon) -> None:
+    old = [reading(seq, T0 - timedelta(days=30) + timedelta(seconds=seq)) for seq in (1, 2, 3)]
+    new = [reading(seq, T0 + timedelta(seconds=seq)) for seq in (4, 5)]
+    store.write([old[0], *new])
+    assert store.write([*old, *new]) == 2
+    assert len(stored_points(influxd)) == 5
+
+
+def test_a_batch_larger_than_one_request_is_stored_whole(store: InfluxDB1Store,
+                                                         influxd: InfluxDaemon) -> None:
+    count = MAX_LINES_PER_REQUEST + 7
+    assert store.write(readings(range(1, count + 1))) == count
+    assert store.seq_ranges(SITE, NODE) == [(1, count)]
+
+
+def test_the_database_is_created_on_first_use_with_its_retention(influxd: InfluxDaemon) -> None:
+    with InfluxDB1Store(influxd.url, "dryers-2026", retention="52w") as store:
+        store.write(readings(range(1, 3)))
+    policies = influxd.query('SHOW RETENTION POLICIES ON "dryers-2026"')
+    assert policies["results"][0]["series"][0]["values"][0][1] == "8736h0m0s"
+
+
+def test_a_database_dropped_while_running_is_created_again(store: InfluxDB1Store,
+                                                           influxd: InfluxDaemon) -> None:
+    store.write(readings(range(1, 3)))
+    influxd.query(f"DROP DATABASE {DB}")
+    assert store.write(readings(range(3, 5))) == 2
+    assert sorted(seq for _, seq in stored_points(influxd)) == [3, 4]
+
+
+def test_readings_older_than_the_retention_period_are_dropped_not_refused(
+        influxd: InfluxDaemon) -> None:
+    recent = datetime.now(UTC)
+    with InfluxDB1Store(influxd.url, DB, retention="1h") as store:
+        written = store.write([reading(1, recent - timedelta(days=2)), reading(2, recent)])
+    assert written == 1
+    assert [seq for _, seq in stored_points(influxd)] == [2]
+
+
+# --- failures -----------------------------------------------------------------------------
+
+def test_a_stopped_influxd_makes_writes_unavailable_until_it_is_back(
+        store: InfluxDB1Store, influxd: InfluxDaemon) -> None:
+    store.write(readings(range(1, 11)))
+    influxd.stop()
+    with pytest.raises(StoreUnavailable, match="cannot"):
+        store.write(readings(range(11, 21)))
+    influxd.start()
+    assert store.write(readings(range(11, 21))) == 10
+    assert store.seq_ranges(SITE, NODE) == [(1, 20)]
+
+
+def test_a_hung_influxd_times_out_as_unavailable(influxd: InfluxDaemon) -> None:
+    with InfluxDB1Store(influxd.url, DB, timeout_s=0.3) as store:
+        store.write(readings(range(1, 3)))
+        influxd.pause()
+        try:
+            with pytest.raises(StoreUnavailable, match="timed out"):
+                store.write(readings(range(3, 5)))
+        finally:
+            influxd.resume()
+        assert store.write(readings(range(3, 5))) == 2
+
+
+def test_nothing_is_contacted_until_the_store_is_used() -> None:
+    store = InfluxDB1Store(f"http://127.0.0.1:{free_port()}", DB, timeout_s=1)
+    with pytest.raises(StoreUnavailable):
+        store.write(readings(range(1, 2)))
+    store.close()
+
+
+def test_a_500_after_storing_is_unavailable_and_the_retry_counts_the_batch_as_new(
+        influxd: InfluxDaemon) -> None:
+    """influxd 1.6 answers '500 engine: error syncing wal' under load, often having stored
+    the points: the caller is told nothing was stored, retries, and must get every reading
+    stored once and counted as new once."""
+    with WalErrorProxy(influxd) as proxy, InfluxDB1Store(proxy.url, DB) as store:
+        store.write(readings(range(1, 6)))
+        proxy.fail_writes(1)
+        with pytest.raises(StoreUnavailable, match="500: engine: error syncing wal"):
+            store.write(readings(range(6, 11)))
+        assert len(stored_points(influxd)) == 10  # stored despite the 500
+        assert store.write(readings(range(6, 11))) == 5
+        assert store.write(readings(range(6, 11))) == 0
+    assert len(stored_points(influxd)) == 10
+
+
+def test_wrong_credentials_are_rejected_not_retried(tmp_path: Path) -> None:
+    with InfluxDaemon(tmp_path / "influxd", auth_enabled=True) as influxd:
+        influxd.create_admin("admin", "s3cret")
+        with InfluxDB1Store(influxd.url, DB, "admin", "wrong") as store, \
+                pytest.raises(StoreRejected, match="401"):
+            store.write(readings(range(1, 3)))
+        with InfluxDB1Store(influxd.url, DB, "admin", "s3cret") as store:
+            assert store.write(readings(range(1, 3))) == 2
+
+
+def test_a_user_without_privileges_on_the_database_is_rejected(tmp_path: Path) -> None:
+    with InfluxDaemon(tmp_path / "influxd", auth_enabled=True) as influxd:
+        influxd.create_admin("admin", "s3cret")
+        influxd.query(f"CREATE DATABASE {DB}", auth=("admin", "s3cret"))
+        influxd.query("CREATE USER gateway WITH PASSWORD 'pw'", auth=("admin", "s3cret"))
+        influxd.query(f"GRANT READ ON {DB} TO gateway", auth=("admin", "s3cret"))
+        with InfluxDB1Store(influxd.url, DB, "gateway", "pw") as store, \
+                pytest.raises(StoreRejected, match="not authorized to write"):
+            store.write(readings(range(1, 3)))
+
+
+def test_a_field_stored_with_another_type_is_rejected(store: InfluxDB1Store,
+                                                      influxd: InfluxDaemon) -> None:
+    """InfluxDB fixes a field's type per shard (a week): a string in the same week clashes."""
+    influxd.query(f"CREATE DATABASE {DB}")
+    at_ns = int(T0.timestamp()) * 10**9
+    httpx.post(f"{influxd.url}/write", params={"db": DB},
+               content=f'dryer_reading,node={NODE},site={SITE} air_temp_c="hot" {at_ns}')
+    with pytest.raises(StoreRejected, match="field type conflict"):
+        store.write(readings(range(1, 3)))
+
+
+def test_unknown_fields_are_refused_before_anything_is_written(
+        store: InfluxDB1Store, influxd: InfluxDaemon) -> None:
+    with pytest.raises(ValueError, match="unknown field"):
+        store.write([reading(1), reading(2, wind_speed_m_s=3.0)])
+    assert stored_points(influxd) == []
+
+
+def test_a_closed_store_is_unavailable(store: InfluxDB1Store) -> None:
+    store.close()
+    with pytest.raises(StoreUnavailable, match="closed"):
+        store.write(readings(range(1, 2)))
+
+
+# --- reading back -------------------------------------------------------------------------
+
+def test_seq_ranges_show_the_gaps(store: InfluxDB1Store) -> None:
+    store.write(readings([*range(1, 11), *range(14, 21), 22]))
+    ranges = store.seq_ranges(SITE, NODE)
+    assert ranges == [(1, 10), (14, 20), (22, 22)]
+    assert missing_ranges(ranges) == [(11, 13), (21, 21)]
+
+
+def test_seq_ranges_of_a_node_without_readings_are_empty(store: InfluxDB1Store) -> None:
+    store.write(readings(range(1, 3), node="secador-02"))
+    assert store.seq_ranges(SITE, NODE) == []
+
+
+def test_seq_ranges_span_days_replays_and_a_clock_reset_to_1970(store: InfluxDB1Store) -> None:
+    every_10_min = [reading(seq, T0 + timedelta(minutes=10 * seq))
+                    for seq in range(1, 1001) if not 500 <= seq <= 520]  # ~7 days, one gap
+    replayed_late = [reading(seq, T0 + timedelta(days=20, seconds=seq)) for seq in (505, 506)]
+    clock_reset = [reading(seq, datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=seq))
+                   for seq in range(1001, 1004)]
+    store.write([*every_10_min, *replayed_late, *clock_reset])
+    assert store.seq_ranges(SITE, NODE) == [(1, 499), (505, 506), (521, 1003)]
+
+
+def test_a_seq_reused_at_another_time_does_not_hide_a_gap(store: InfluxDB1Store) -> None:
+    """Seq 7 twice (a node bug) and seq 4 lost: as many points as numbers from 1 to 10."""
+    store.write([*readings([1, 2, 3, 5, 6, 7, 8, 9, 10]),
+                 reading(7, T0 + timedelta(hours=2))])
+    assert store.seq_ranges(SITE, NODE) == [(1, 3), (5, 10)]
+
+
+def test_node_ids_are_never_read_as_influxql(store: InfluxDB1Store) -> None:
+    store.write(readings(range(1, 4)))
+    assert store.seq_ranges(SITE, f"{NODE}' OR node =~ /.*/ OR node = '") == []
+    assert store.latest(SITE, "x\\' OR '1'='1") is None
+
+
+def test_tag_values_with_spaces_commas_and_equals_signs_round_trip(
+        store: InfluxDB1Store, influxd: InfluxDaemon) -> None:
+    site, node = "coop norte, valle=alto", "secador 1,a=b"
+    store.write([reading(1, site=site, node=node)])
+    assert store.latest(site, node) == reading(1, site=site, node=node)
+    tags = influxd.query('SHOW TAG VALUES FROM dryer_reading WITH KEY IN ("site", "node")', DB)
+    assert sorted(value for _, value in tags["results"][0]["series"][0]["values"]) == [
+        site, node]
+
+
+def test_latest_returns_the_whole_reading(store: InfluxDB1Store) -> None:
+    full = StoredReading(
+        site_id=SITE, node_id=NODE, seq=7, measured_at=T0 + timedelta(microseconds=123457),
+        fields={"air_temp_c": 51.25, "bean_moisture_pct_wb": 31.5, "fan_speed_pct": 100.0,
+                "config_version": 4.0},
+        raining=True, mode="manual", alarms=("air_temp_alarm", "rain"), batch_id="lot-7")
+    store.write([reading(6), full])
+    assert store.latest(SITE, NODE) == full
+
+
+def test_latest_keeps_unknown_rain_state_and_empty_alarms(store: InfluxDB1Store) -> None:
+    plain = StoredReading(site_id=SITE, node_id=NODE, seq=1, measured_at=T0,
+                          fields={"air_temp_c": 30.0}, raining=None, mode="auto")
+    store.write([plain])
+    assert store.latest(SITE, NODE) == plain
+
+
+def test_latest_is_the_highest_seq_even_when_its_clock_is_behind(
+        store: InfluxDB1Store) -> None:
+    store.write([reading(1, T0), reading(2, T0 + timedelta(hours=1)),
+                 reading(3, datetime(2000, 1, 1, tzinfo=UTC))])
+    latest = store.latest(SITE, NODE)
+    assert latest is not None and latest.seq == 3
+
+
+def test_latest_of_an_unknown_node_is_none(store: InfluxDB1Store) -> None:
+    assert store.latest(SITE, NODE) is None
+
+
+def test_raw_series_is_every_reading_in_the_half_open_range(store: InfluxDB1Store) -> None:
+    store.write(readings(range(1, 11)))  # one reading every 30 s from T0 + 30 s
+    points = store.series(SITE, NODE, T0 + timedelta(seconds=60), T0 + timedelta(seconds=150),
+                          ["air_temp_c"])
+    assert [(p.at, p.values) for p in points] == [
+        (T0 + timedelta(seconds=30 * seq), {"air_temp_c": 40.0 + seq}) for seq in (2, 3, 4)]
+
+
+def test_downsampled_series_averages_each_epoch_aligned_bucket(store: InfluxDB1Store) -> None:
+    store.write([reading(seq, T0 + timedelta(seconds=20 * seq), air_temp_c=float(seq),
+                         air_rh_pct=2.0 * seq) for seq in range(1, 31)])  # 20 s apart
+    points = store.series(SITE, NODE, T0, T0 + timedelta(hours=1),
+                          ["air_temp_c", "air_rh_pct"], every_s=120)
+    expected = []
+    for bucket in range(5):  # readings 20..600 s after T0: 6 per 120 s bucket
+        seqs = [s for s in range(1, 31) if bucket * 120 <= 20 * s < (bucket + 1) * 120]
+        mean = sum(seqs) / len(seqs)
+        expected.append((T0 + timedelta(seconds=120 * bucket),
+                         {"air_temp_c": mean, "air_rh_pct": 2 * mean}))
+    expected.append((T0 + timedelta(seconds=600), {"air_temp_c": 30.0, "air_rh_pct": 60.0}))
+    assert [(p.at, p.values) for p in points] == expected
+
+
+def test_series_leaves_out_fields_a_reading_lacks(store: InfluxDB1Store) -> None:
+    store.write([reading(1, T0, air_temp_c=30.0),
+                 reading(2, T0 + timedelta(seconds=1), air_temp_c=31.0, tray_mass_kg=4.5)])
+    points = store.series(SITE, NODE, T0, T0 + timedelta(minutes=1),
+                          ["air_temp_c", "tray_mass_kg"])
+    assert [p.values for p in points] == [{"air_temp_c": 30.0},
+                                          {"air_temp_c": 31.0, "tray_mass_kg": 4.5}]
+
+
+@pytest.mark.parametrize("fields", [['air_temp_c" FROM x; DROP DATABASE cacao; --'],
+                                    ["seq"], [], "air_temp_c"])
+def test_series_accepts_only_known_numeric_fields(store: InfluxDB1Store,
+                                                  fields: list[str]) -> None:
+    with pytest.raises(ValueError, match="field"):
+        store.series(SITE, NODE, T0, T0 + timedelta(hours=1), fields)
