@@ -8,7 +8,7 @@ import threading
 from typing import Any
 
 from cacao_dryer.errors import ConfigError
-from gateway.config import GatewaySettings, InfluxDB1Storage, SqliteStorage
+from gateway.config import GatewaySettings, InfluxDB1Storage, InfluxDB2Storage, SqliteStorage
 from gateway.ingest import Ingest
 from gateway.timeseries import TimeSeriesStore
 
@@ -27,7 +27,16 @@ def open_store(settings: GatewaySettings) -> TimeSeriesStore:
         password = storage.password_file.read_text().strip() if storage.password_file else None
         return InfluxDB1Store(storage.url, storage.database, username=storage.username,
                               password=password)
-    raise ConfigError(f"storage kind {storage.kind!r} is not available yet")
+    if isinstance(storage, InfluxDB2Storage):
+        from gateway.stores.influxdb2 import InfluxDB2Store
+
+        try:
+            token = storage.token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"storage.token_file {storage.token_file}: cannot read "
+                              f"({exc.strerror})") from None
+        return InfluxDB2Store(storage.url, storage.org, storage.bucket, token)
+    raise ConfigError(f"storage kind {storage.kind!r} is not available")
 
 
 def run_gateway(settings: GatewaySettings) -> None:
