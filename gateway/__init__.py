@@ -1,1 +1,2 @@
-"""The collection center's gateway (ingest, storage, batches, alerts): next issue."""
+"""The collection center's gateway: MQTT ingest exactly once into SQLite or InfluxDB (batches,
+alerts, threshold push and the HTTP API are still to come, see issue 3)."""
