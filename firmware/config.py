@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -319,22 +319,34 @@ def one_line_error(error: ValidationError) -> str:
     return f"{where} {message}"
 
 
-def parse_node_config(data: dict[str, object], source: str = "node config") -> NodeSettings:
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def validate_config(model: type[_Model], data: dict[str, object], source: str) -> _Model:
+    """``model`` from ``data``, or ConfigError: '<source>: <key>: <what is wrong>'."""
     try:
-        return NodeSettings.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{source}:{one_line_error(exc)}") from None
 
 
-def load_node_config(path: Path) -> NodeSettings:
-    """Read and validate a node TOML file. Relative ``data_dir`` is relative to the file."""
+def read_toml(path: Path) -> dict[str, object]:
+    """A TOML file's contents, or ConfigError naming the file and the problem in one line."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    settings = parse_node_config(data, str(path))
+
+
+def parse_node_config(data: dict[str, object], source: str = "node config") -> NodeSettings:
+    return validate_config(NodeSettings, data, source)
+
+
+def load_node_config(path: Path) -> NodeSettings:
+    """Read and validate a node TOML file. Relative ``data_dir`` is relative to the file."""
+    settings = parse_node_config(read_toml(path), str(path))
     if not settings.data_dir.is_absolute():
         settings = settings.model_copy(update={"data_dir": path.parent / settings.data_dir})
     return settings

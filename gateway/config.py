@@ -6,15 +6,13 @@ with one line naming the file and the key (same rules and formatting as node con
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cacao_dryer.contract import Identifier
-from cacao_dryer.errors import ConfigError
-from firmware.config import one_line_error, parse_broker_url
+from firmware.config import parse_broker_url, read_toml, validate_config
 
 
 class _Section(BaseModel):
@@ -83,21 +81,12 @@ class GatewaySettings(_Section):
 
 def parse_gateway_config(data: dict[str, object], source: str = "gateway config"
                          ) -> GatewaySettings:
-    try:
-        return GatewaySettings.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"{source}:{one_line_error(exc)}") from None
+    return validate_config(GatewaySettings, data, source)
 
 
 def load_gateway_config(path: Path) -> GatewaySettings:
     """Read and validate a gateway TOML file; relative paths are relative to the file."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    settings = parse_gateway_config(data, str(path))
+    settings = parse_gateway_config(read_toml(path), str(path))
     updates: dict[str, object] = {}
     if not settings.data_dir.is_absolute():
         updates["data_dir"] = path.parent / settings.data_dir
