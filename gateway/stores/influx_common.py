@@ -1,0 +1,404 @@
+"""What the InfluxDB 1.x and 2.x stores share: the write flow and the pure helpers.
+
+``InfluxStore`` is the common base of ``InfluxDB1Store`` (``influxdb1.py``) and
+``InfluxDB2Store`` (``influxdb2.py``): checking and encoding a batch (the line protocol of
+``line_protocol.py``), asking which of its points already exist, remembering the readings of a
+failed write so their retry counts them as new, posting in requests of at most
+``MAX_LINES_PER_REQUEST`` lines, and mapping HTTP answers and errors to ``StoreUnavailable``
+(retry) or ``StoreRejected`` (retrying cannot help). Each store adds only what differs: its
+endpoints and credentials, its query language (InfluxQL or Flux) and how it reads answers.
+The guarantees themselves are described in ``influxdb1.py`` and ``docs/storage.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, NoReturn, Self, TypeVar
+from urllib.parse import urlsplit
+
+import httpx
+
+from cacao_dryer.errors import ConfigError
+from cacao_dryer.measurements import MEASUREMENTS
+from gateway.stores.line_protocol import (
+    ALARMS_FIELD,
+    BATCH_FIELD,
+    LABEL_FIELDS,
+    MODE_FIELD,
+    RAINING_FIELD,
+    SEQ_FIELD,
+    encode_reading,
+    measured_at_from_ns,
+    time_ns,
+)
+from gateway.timeseries import (
+    STATE_FIELDS,
+    SeriesPoint,
+    StoredReading,
+    StoreRejected,
+    StoreUnavailable,
+)
+
+NUMERIC_FIELDS: tuple[str, ...] = (*(m.key for m in MEASUREMENTS), *STATE_FIELDS)
+KNOWN_FIELDS = frozenset(NUMERIC_FIELDS)
+MAX_LINES_PER_REQUEST = 10_000      # ~3 MB of line protocol; influxd's max-body-size is 25 MB
+MAX_STATEMENTS_PER_QUERY = 200      # statements sent in one query request
+EXISTING_GAP_NS = 3600 * 10**9      # a batch's points further apart are looked up separately
+UNCONFIRMED_MAX = 1_000_000         # failed-write readings remembered for counting
+
+Key = tuple[str, str, int, int]  # site, node, seq, point time [ns]
+Row = dict[str, Any]
+_T = TypeVar("_T")
+_K = TypeVar("_K")
+
+
+# --- pure helpers -------------------------------------------------------------------------
+
+def checked_url(kind: str, url: str) -> str:
+    """The HTTP API's base URL without a trailing slash; ConfigError if not http(s)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{kind} store: url {url!r} is not http(s)://host:port")
+    return url.rstrip("/")
+
+
+def check_timeout(kind: str, timeout_s: float) -> None:
+    if not (math.isfinite(timeout_s) and timeout_s > 0):
+        raise ConfigError(f"{kind} store: timeout_s must be positive, not {timeout_s!r}")
+
+
+def encoded_batch(readings: Sequence[StoredReading]) -> tuple[list[str], list[Key]]:
+    """The readings as line-protocol lines and their point keys; ValueError for unstorable
+    input (unknown fields, or what ``encode_reading`` refuses), before any I/O."""
+    body_lines, keys = [], []
+    for reading in readings:
+        if not KNOWN_FIELDS.issuperset(reading.fields):
+            unknown = set(reading.fields) - KNOWN_FIELDS
+            raise ValueError(f"reading {reading.site_id}/{reading.node_id} seq "
+                             f"{reading.seq}: unknown field(s) {', '.join(sorted(unknown))}")
+        line, at_ns = encode_reading(reading)
+        body_lines.append(line)
+        keys.append((reading.site_id, reading.node_id, reading.seq, at_ns))
+    return body_lines, keys
+
+
+def validated_fields(fields: Sequence[str]) -> list[str]:
+    """The requested field names, deduplicated in order; ValueError for unknown ones."""
+    if isinstance(fields, str):
+        raise ValueError(f"fields must be a list of field names, not the string {fields!r}")
+    names = list(dict.fromkeys(fields))
+    if not names:
+        raise ValueError("series needs at least one field")
+    for name in names:
+        if name not in NUMERIC_FIELDS:
+            raise ValueError(f"unknown field {name!r} (known: {', '.join(NUMERIC_FIELDS)})")
+    return names
+
+
+def bucket_us(every_s: float) -> int:
+    """A series bucket of ``every_s`` seconds in whole microseconds."""
+    if not math.isfinite(every_s) or every_s <= 0:
+        raise ValueError(f"every_s must be a positive number of seconds, not {every_s!r}")
+    bucket = round(every_s * 1_000_000)
+    if bucket < 1:
+        raise ValueError(f"every_s {every_s!r} is shorter than the time resolution (1 µs)")
+    return bucket
+
+
+def runs(seqs: list[int]) -> list[tuple[int, int]]:
+    """Sorted distinct numbers as contiguous (first, last) runs."""
+    found: list[tuple[int, int]] = []
+    for seq in seqs:
+        if found and seq == found[-1][1] + 1:
+            found[-1] = (found[-1][0], seq)
+        else:
+            found.append((seq, seq))
+    return found
+
+
+def merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Overlapping or adjacent ranges joined, sorted."""
+    joined: list[tuple[int, int]] = []
+    for low, high in sorted(ranges):
+        if joined and low <= joined[-1][1] + 1:
+            joined[-1] = (joined[-1][0], max(joined[-1][1], high))
+        else:
+            joined.append((low, high))
+    return joined
+
+
+def split_buckets(buckets: Iterable[tuple[_K, float, float, int, int]],
+                  ) -> tuple[list[tuple[int, int]], list[_K]]:
+    """Summaries of a node's seq per time bucket — (bucket, count, sum, min, max) — as the
+    whole (min, max) ranges of the buckets whose count and sum are those of every number
+    from min to max, and the buckets that must be read seq by seq."""
+    whole: list[tuple[int, int]] = []
+    gappy: list[_K] = []
+    for bucket, count, total, low, high in buckets:
+        span = high - low + 1
+        if count == span and total == (low + high) * span // 2:
+            whole.append((low, high))
+        else:
+            gappy.append(bucket)
+    return whole, gappy
+
+
+def seq_ranges_from(whole: list[tuple[int, int]], seqs: Iterable[int]) -> list[tuple[int, int]]:
+    """Whole ranges and single sequence numbers joined into sorted, contiguous ranges."""
+    return merged([*whole, *runs(sorted(set(seqs)))])
+
+
+def stored_reading(site_id: str, node_id: str, at_ns: int, values: Mapping[str, Any],
+                   ignore: Iterable[str] = ()) -> StoredReading:
+    """A reading from a point's values by field name (numbers are measurement fields,
+    except the label fields and the names in ``ignore``)."""
+    skip = {*LABEL_FIELDS, *ignore}
+    alarms = values.get(ALARMS_FIELD) or ""
+    raining = values.get(RAINING_FIELD)
+    return StoredReading(
+        site_id=site_id, node_id=node_id, seq=int(values[SEQ_FIELD]),
+        measured_at=measured_at_from_ns(at_ns),
+        fields={name: float(value) for name, value in values.items()
+                if name not in skip and isinstance(value, int | float)
+                and not isinstance(value, bool)},
+        raining=None if raining is None else bool(raining),
+        mode=values.get(MODE_FIELD) or "auto",
+        alarms=tuple(alarms.split(",")) if alarms else (),
+        batch_id=values.get(BATCH_FIELD))
+
+
+def error_text(response: httpx.Response, key: str) -> str:
+    """InfluxDB's one-line error (the ``key`` of its JSON answer), else the start of the
+    body."""
+    try:
+        error = response.json().get(key)
+    except (ValueError, AttributeError):
+        error = None
+    text = error if isinstance(error, str) else response.text
+    return " ".join(text.split())[:300] or response.reason_phrase
+
+
+# --- the shared store -------------------------------------------------------------------
+
+class InfluxStore:
+    """The part of a ``TimeSeriesStore`` on InfluxDB that does not depend on its version.
+
+    Subclasses set the class attributes and implement ``_post_lines``, ``_retention_dropped``,
+    ``_seq_statement``, ``_query_once``, ``_series``, ``seq_ranges`` and ``latest``.
+    """
+
+    _log: logging.Logger
+    _ERROR_KEY: str                  # where the JSON error answer holds its message
+    _AUTH_HINT: str                  # what to check when InfluxDB answers 401/403
+    _RETENTION: str                  # what dropped points were older than, for the log
+    _TRANSIENT_QUERY_ERRORS: tuple[str, ...]  # words of query errors worth retrying
+    _TIME_COLUMN: str                # a query row's point time [ns] ...
+    _SEQ_COLUMN: str                 # ... and seq, in rows of ``_seq_statement``
+    _MAYBE_STORED: tuple[type[Exception], ...] = (StoreUnavailable,)  # write errors after
+    # which some of the batch may be stored
+
+    def __init__(self, url: str, where: str, timeout_s: float, *,
+                 auth: tuple[str, str] | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
+        """No I/O: the gateway starts while InfluxDB is down and spools."""
+        self.url = url
+        self.timeout_s = timeout_s
+        self._where = where
+        self._client = httpx.Client(
+            base_url=url, auth=auth, timeout=timeout_s, trust_env=False,
+            headers={"User-Agent": "cacao-dryer-gateway", **(headers or {})})
+        self._lock = threading.Lock()
+        self._closed = False
+        self._unconfirmed: dict[Key, None] = {}  # insertion-ordered set
+
+    # --- the TimeSeriesStore interface ----------------------------------------------------
+
+    def write(self, readings: Sequence[StoredReading]) -> int:
+        """Store a batch; returns how many readings were new (see the module docstring)."""
+        self._check_open()
+        body_lines, keys = encoded_batch(readings)
+        if not body_lines:
+            return 0
+        return self._with_storage(lambda: self._write_lines(body_lines, keys))
+
+    def series(self, site_id: str, node_id: str, start: datetime, end: datetime,
+               fields: Sequence[str], every_s: float | None = None) -> list[SeriesPoint]:
+        """Readings of a node in [start, end), oldest first, with the requested fields.
+
+        Without ``every_s``: one point per reading. With it: one point per bucket of
+        ``every_s`` seconds that holds readings, ``at`` = the bucket's start, each value the
+        mean of the field in it; buckets are aligned to the Unix epoch, not to ``start``. A
+        missing value is left out of ``values``; a point with none of the fields is left
+        out."""
+        names = validated_fields(fields)
+        bucket = None if every_s is None else bucket_us(every_s)
+        start_ns, end_ns = time_ns(start, "start"), time_ns(end, "end")
+        self._check_open()
+        return self._series(site_id, node_id, start_ns, end_ns, names, bucket)
+
+    def close(self) -> None:
+        """Close the HTTP connections (idempotent); later calls raise ``StoreUnavailable``."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- what each version does its own way ---------------------------------------------
+
+    def _with_storage(self, action: Callable[[], _T]) -> _T:
+        """Run ``action`` with the place the points go to in place."""
+        return action()
+
+    def _post_lines(self, body: bytes) -> httpx.Response:
+        """POST one request of line protocol to the write endpoint."""
+        raise NotImplementedError
+
+    def _retention_dropped(self, status: int, error: str) -> int | None:
+        """How many points a refused write says were dropped as older than the retention
+        (the rest is stored); None if the write was refused for another reason."""
+        raise NotImplementedError
+
+    def _seq_statement(self, site_id: str, node_id: str, first_ns: int, last_ns: int) -> str:
+        """A statement whose rows are the seq and time of the node's points in
+        [first_ns, last_ns]."""
+        raise NotImplementedError
+
+    def _query_once(self, statements: Sequence[str]) -> list[list[Row]]:
+        """Run statements in one request; one list of rows per statement."""
+        raise NotImplementedError
+
+    def _series(self, site_id: str, node_id: str, start_ns: int, end_ns: int,
+                names: list[str], bucket: int | None) -> list[SeriesPoint]:
+        raise NotImplementedError
+
+    # --- writing ------------------------------------------------------------------------
+
+    def _write_lines(self, body_lines: list[str], keys: list[Key]) -> int:
+        stored_before = self._existing(keys)
+        with self._lock:
+            new = {key for key in keys
+                   if key not in stored_before or key in self._unconfirmed}
+        try:
+            dropped = self._send(body_lines)
+        except self._MAYBE_STORED:
+            with self._lock:  # maybe stored, maybe not: the retry tells, and counts them new
+                for key in new:
+                    self._unconfirmed[key] = None
+                while len(self._unconfirmed) > UNCONFIRMED_MAX:
+                    del self._unconfirmed[next(iter(self._unconfirmed))]
+            raise
+        with self._lock:
+            for key in keys:
+                self._unconfirmed.pop(key, None)
+        return max(0, len(new) - dropped)
+
+    def _send(self, body_lines: list[str]) -> int:
+        """POST the lines (one request per MAX_LINES_PER_REQUEST); returns how many points
+        InfluxDB dropped as older than the retention period."""
+        dropped = 0
+        for first in range(0, len(body_lines), MAX_LINES_PER_REQUEST):
+            body = "\n".join(body_lines[first:first + MAX_LINES_PER_REQUEST]).encode()
+            dropped += self._post_write(body, len(body_lines))
+        return dropped
+
+    def _post_write(self, body: bytes, batch_size: int) -> int:
+        what = f"write of {batch_size} readings"
+        with self._http_errors(what, "write"):
+            response = self._post_lines(body)
+        if response.is_success:
+            return 0
+        error = self._error_text(response)
+        self._raise_for(response.status_code, error, what)
+        count = self._retention_dropped(response.status_code, error)
+        if count is None:
+            self._refuse(response.status_code, error, what)
+        self._log.warning("%s: %d readings older than %s were dropped by InfluxDB",
+                          self._where, count, self._RETENTION)
+        return count
+
+    def _existing(self, keys: Iterable[Key]) -> set[Key]:
+        """Which of these points are already stored: one statement per node and stretch of
+        time (points further apart than EXISTING_GAP_NS are looked up separately, so a
+        replay of last month does not read everything in between)."""
+        times: dict[tuple[str, str], set[int]] = defaultdict(set)
+        for site_id, node_id, _, at_ns in keys:
+            times[(site_id, node_id)].add(at_ns)
+        statements: list[str] = []
+        owners: list[tuple[str, str]] = []
+        for (site_id, node_id), node_times in times.items():
+            ordered = sorted(node_times)
+            low = previous = ordered[0]
+            for at_ns in [*ordered[1:], None]:
+                if at_ns is None or at_ns - previous > EXISTING_GAP_NS:
+                    statements.append(self._seq_statement(site_id, node_id, low, previous))
+                    owners.append((site_id, node_id))
+                    if at_ns is not None:
+                        low = at_ns
+                if at_ns is not None:
+                    previous = at_ns
+        found: set[Key] = set()
+        for rows, (site_id, node_id) in zip(self._query(statements), owners, strict=True):
+            found.update((site_id, node_id, int(row[self._SEQ_COLUMN]), row[self._TIME_COLUMN])
+                         for row in rows)
+        return found
+
+    # --- querying and errors ------------------------------------------------------------
+
+    def _query(self, statements: Sequence[str]) -> list[list[Row]]:
+        """Run statements (MAX_STATEMENTS_PER_QUERY per request); one list of rows (column →
+        value, times as integer ns) per statement."""
+        results: list[list[Row]] = []
+        for first in range(0, len(statements), MAX_STATEMENTS_PER_QUERY):
+            results.extend(self._query_once(statements[first:first + MAX_STATEMENTS_PER_QUERY]))
+        return results
+
+    @contextmanager
+    def _http_errors(self, what: str, verb: str) -> Iterator[None]:
+        """Timeouts and connection errors inside as ``StoreUnavailable``."""
+        try:
+            yield
+        except httpx.TimeoutException:
+            raise StoreUnavailable(f"{self._where}: {what} timed out after "
+                                   f"{self.timeout_s:g} s") from None
+        except httpx.HTTPError as exc:
+            raise StoreUnavailable(f"{self._where}: cannot {verb} ({type(exc).__name__}: "
+                                   f"{exc})") from None
+
+    def _error_text(self, response: httpx.Response) -> str:
+        return error_text(response, self._ERROR_KEY)
+
+    def _raise_for(self, status: int, error: str, what: str) -> None:
+        """StoreUnavailable for answers worth retrying, StoreRejected for refusals."""
+        if status >= 500 or status in (408, 429):
+            raise StoreUnavailable(f"{self._where}: {what} failed ({status}: {error})")
+        if status in (401, 403):
+            raise StoreRejected(f"{self._where}: {what} refused ({status}: {error}); "
+                                f"{self._AUTH_HINT}")
+
+    def _refuse(self, status: int, error: str, what: str) -> NoReturn:
+        """Raise for an unsuccessful answer: ``_raise_for``'s, else StoreRejected."""
+        self._raise_for(status, error, what)
+        raise StoreRejected(f"{self._where}: {what} rejected ({status}: {error})")
+
+    def _query_failed(self, message: str, error: str) -> StoreUnavailable | StoreRejected:
+        """The exception for a query error InfluxDB reported in its answer."""
+        if any(word in error for word in self._TRANSIENT_QUERY_ERRORS):
+            return StoreUnavailable(message)
+        return StoreRejected(message)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreUnavailable(f"{self._where}: store closed")
