@@ -8,6 +8,7 @@ anything else it raises is a bug or bad configuration.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -83,6 +84,17 @@ class TimeSeriesStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def bucket_us(every_s: float) -> int:
+    """A series bucket of ``every_s`` seconds in whole microseconds (ValueError if not a
+    positive duration of at least 1 µs); every store aligns buckets to the Unix epoch."""
+    if not math.isfinite(every_s) or every_s <= 0:
+        raise ValueError(f"every_s must be a positive number of seconds, not {every_s!r}")
+    bucket = round(every_s * 1_000_000)
+    if bucket < 1:
+        raise ValueError(f"every_s {every_s!r} is shorter than the time resolution (1 µs)")
+    return bucket
 
 
 def missing_ranges(stored: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:

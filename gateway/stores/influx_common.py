@@ -43,6 +43,7 @@ from gateway.timeseries import (
     StoredReading,
     StoreRejected,
     StoreUnavailable,
+    bucket_us,
 )
 
 NUMERIC_FIELDS: tuple[str, ...] = (*(m.key for m in MEASUREMENTS), *STATE_FIELDS)
@@ -99,16 +100,6 @@ def validated_fields(fields: Sequence[str]) -> list[str]:
         if name not in NUMERIC_FIELDS:
             raise ValueError(f"unknown field {name!r} (known: {', '.join(NUMERIC_FIELDS)})")
     return names
-
-
-def bucket_us(every_s: float) -> int:
-    """A series bucket of ``every_s`` seconds in whole microseconds."""
-    if not math.isfinite(every_s) or every_s <= 0:
-        raise ValueError(f"every_s must be a positive number of seconds, not {every_s!r}")
-    bucket = round(every_s * 1_000_000)
-    if bucket < 1:
-        raise ValueError(f"every_s {every_s!r} is shorter than the time resolution (1 µs)")
-    return bucket
 
 
 def runs(seqs: list[int]) -> list[tuple[int, int]]:

@@ -47,7 +47,13 @@ from pathlib import Path
 
 from cacao_dryer.errors import ConfigError
 from cacao_dryer.measurements import MEASUREMENTS
-from gateway.timeseries import STATE_FIELDS, SeriesPoint, StoredReading, StoreUnavailable
+from gateway.timeseries import (
+    STATE_FIELDS,
+    SeriesPoint,
+    StoredReading,
+    StoreUnavailable,
+    bucket_us,
+)
 
 SCHEMA_VERSION = 1  # PRAGMA user_version; new field columns are added without a new version
 MIN_SQLITE = (3, 25, 0)  # window functions (3.25), ON CONFLICT ... DO NOTHING (3.24)
@@ -240,12 +246,12 @@ class SqliteStore:
             sql = f"SELECT measured_at_us, {', '.join(map(_quoted, names))} {where} " \
                   f"ORDER BY measured_at_us, seq"
         else:
-            bucket_us = self._bucket_us(every_s)
+            bucket = bucket_us(every_s)
             averages = ", ".join(f"avg({_quoted(name)})" for name in names)
             # Floor division also for times before 1970 (SQLite's % truncates toward zero).
             sql = f"SELECT measured_at_us - ((measured_at_us % ?) + ?) % ? AS bucket, " \
                   f"{averages} {where} GROUP BY bucket ORDER BY bucket"
-            args = (bucket_us, bucket_us, bucket_us, *args)
+            args = (bucket, bucket, bucket, *args)
         points = []
         for at_us, *values in self._read(sql, args):
             present = {name: value for name, value in zip(names, values, strict=True)
@@ -448,15 +454,6 @@ class SqliteStore:
             if name not in self._field_set:
                 raise ValueError(f"unknown field {name!r} (known: {', '.join(self._fields)})")
         return names
-
-    @staticmethod
-    def _bucket_us(every_s: float) -> int:
-        if not math.isfinite(every_s) or every_s <= 0:
-            raise ValueError(f"every_s must be a positive number of seconds, not {every_s!r}")
-        bucket_us = round(every_s * 1_000_000)
-        if bucket_us < 1:
-            raise ValueError(f"every_s {every_s!r} is shorter than the time resolution (1 µs)")
-        return bucket_us
 
     # --- rows <-> readings --------------------------------------------------------------
 
