@@ -10,6 +10,7 @@ import httpx
 import pytest
 from support.influxd import InfluxDaemon, WalErrorProxy
 from support.mosquitto import free_port
+from support.readings import NODE, SITE, T0, reading, readings
 
 from gateway.stores.influxdb1 import MAX_LINES_PER_REQUEST, InfluxDB1Store
 from gateway.timeseries import StoredReading, StoreRejected, StoreUnavailable, missing_ranges
@@ -17,21 +18,7 @@ from gateway.timeseries import StoredReading, StoreRejected, StoreUnavailable, m
 pytestmark = pytest.mark.integration
 
 DB = "cacao"
-SITE, NODE = "coop-norte", "secador-01"
-T0 = datetime(2026, 3, 1, 6, 0, tzinfo=UTC)
 
-
-def reading(seq: int, at: datetime | None = None, node: str = NODE, site: str = SITE,
-            **fields: float) -> StoredReading:
-    return StoredReading(
-        site_id=site, node_id=node, seq=seq,
-        measured_at=at if at is not None else T0 + timedelta(seconds=30 * seq),
-        fields=fields or {"air_temp_c": 40.0 + seq, "air_rh_pct": 50.0},
-        raining=False, mode="auto")
-
-
-def readings(seqs: range | list[int], node: str = NODE) -> list[StoredReading]:
-    return [reading(seq, node=node) for seq in seqs]
 
 
 @pytest.fixture

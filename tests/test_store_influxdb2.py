@@ -19,6 +19,7 @@ import httpx
 import pytest
 from support.influx2_server import Influx2TestServer, LineProtocolError, parse_line
 from support.mosquitto import free_port
+from support.readings import NODE, SITE, T0, reading, readings
 
 from gateway.config import parse_gateway_config
 from gateway.service import open_store
@@ -26,21 +27,7 @@ from gateway.stores.influxdb2 import InfluxDB2Store, flux_string, parse_annotate
 from gateway.timeseries import StoredReading, StoreRejected, StoreUnavailable, missing_ranges
 
 ORG, BUCKET, TOKEN = "coop-norte", "cacao", "s3cret-token"
-SITE, NODE = "coop-norte", "secador-01"
-T0 = datetime(2026, 3, 1, 6, 0, tzinfo=UTC)
 
-
-def reading(seq: int, at: datetime | None = None, node: str = NODE, site: str = SITE,
-            **fields: float) -> StoredReading:
-    return StoredReading(
-        site_id=site, node_id=node, seq=seq,
-        measured_at=at if at is not None else T0 + timedelta(seconds=30 * seq),
-        fields=fields or {"air_temp_c": 40.0 + seq, "air_rh_pct": 50.0},
-        raining=False, mode="auto")
-
-
-def readings(seqs: range | list[int], node: str = NODE) -> list[StoredReading]:
-    return [reading(seq, node=node) for seq in seqs]
 
 
 @pytest.fixture

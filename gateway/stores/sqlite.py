@@ -317,15 +317,18 @@ class SqliteStore:
                 db.execute(f"PRAGMA max_page_count={max(1, max_bytes // page_size)}")
         except sqlite3.DatabaseError as exc:
             db.close()
-            if isinstance(exc, sqlite3.OperationalError):
-                raise StoreUnavailable(f"sqlite store {self.path}: cannot open "
-                                       f"({_error_name(exc)}: {exc})") from None
-            raise ConfigError(f"sqlite store {self.path}: not a usable database "
-                              f"({_error_name(exc)}: {exc})") from None
+            raise self._opening_error(exc, "cannot open") from None
         except BaseException:
             db.close()
             raise
         return db
+
+    def _opening_error(self, exc: sqlite3.Error, doing: str) -> Exception:
+        """Busy/locked/I-O trouble is retryable; anything else means this file is not ours."""
+        detail = f"({_error_name(exc)}: {exc})"
+        if isinstance(exc, sqlite3.OperationalError):
+            return StoreUnavailable(f"sqlite store {self.path}: {doing} {detail}")
+        return ConfigError(f"sqlite store {self.path}: not a usable database {detail}")
 
     def _migrate(self) -> tuple[str, ...]:
         """Create the table and index, or add the field columns missing from an older one;
@@ -357,11 +360,7 @@ class SqliteStore:
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
-            if isinstance(exc, sqlite3.OperationalError):
-                raise StoreUnavailable(f"sqlite store {self.path}: cannot prepare the schema "
-                                       f"({_error_name(exc)}: {exc})") from None
-            raise ConfigError(f"sqlite store {self.path}: not a usable database "
-                              f"({_error_name(exc)}: {exc})") from None
+            raise self._opening_error(exc, "cannot prepare the schema") from None
         except BaseException:
             self._rollback()
             raise
