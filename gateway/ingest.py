@@ -21,7 +21,9 @@ import queue
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -83,10 +85,23 @@ class NodeView:
     invalid: int = 0
 
 
+class IngestListener(Protocol):
+    """Receives what each batch brought, in the writer thread, after the readings are durable
+    and before any message of the batch is acknowledged. Raising makes the ingest retry the
+    whole batch later (with backoff), so whatever the listener records (node status, events,
+    alerts) is as durable as the readings; it must therefore be idempotent (events carry
+    their own per-node ``seq``)."""
+
+    def batch_received(self, readings: Sequence[StoredReading],
+                       statuses: Sequence[NodeStatus], events: Sequence[NodeEvent]) -> None: ...
+
+
 class Ingest:
-    def __init__(self, settings: GatewaySettings, store: TimeSeriesStore) -> None:
+    def __init__(self, settings: GatewaySettings, store: TimeSeriesStore,
+                 listener: IngestListener | None = None) -> None:
         self.settings = settings
         self.store = store
+        self.listener = listener
         self.stats = IngestStats()
         self.nodes: dict[tuple[str, str], NodeView] = {}
         self._spool = Spool(settings.data_dir / "spool.jsonl")
@@ -196,16 +211,21 @@ class Ingest:
         return batch
 
     def _process_until_durable(self, batch: list[Received]) -> None:
-        readings = self._decode(batch)
+        readings, statuses, events = self._decode(batch)
         delay = RETRY_MIN_S
+        persisted = False
         while True:
             try:
-                self._persist(readings)
+                if not persisted:
+                    self._persist(readings)
+                    persisted = True
+                if self.listener is not None and (readings or statuses or events):
+                    self.listener.batch_received(readings, statuses, events)
                 break
-            except Exception as exc:  # the spool itself failed (disk full): keep, retry
+            except Exception as exc:  # the spool (disk full) or the listener failed: retry
                 self.stats.store_errors += 1
-                log.error("cannot make %d readings durable (%s); retrying in %.1f s",
-                          len(readings), exc, delay)
+                log.error("cannot make a batch of %d messages durable (%s); retrying in %.1f s",
+                          len(batch), exc, delay)
                 if self._stop.wait(delay):
                     return  # stopping: unacknowledged, so the broker delivers them again
                 delay = min(delay * 2, RETRY_MAX_S)
@@ -213,8 +233,11 @@ class Ingest:
             if message.qos > 0:
                 self._client.ack(message.mid, message.qos)
 
-    def _decode(self, batch: list[Received]) -> list[StoredReading]:
+    def _decode(self, batch: list[Received]
+                ) -> tuple[list[StoredReading], list[NodeStatus], list[NodeEvent]]:
         readings: list[StoredReading] = []
+        statuses: list[NodeStatus] = []
+        events: list[NodeEvent] = []
         for message in batch:
             self.stats.received += 1
             try:
@@ -230,11 +253,13 @@ class Ingest:
                 readings.append(StoredReading.from_telemetry(decoded))
             elif isinstance(decoded, NodeStatus):
                 view.status = decoded
+                statuses.append(decoded)
             elif isinstance(decoded, NodeEvent):
                 view.last_event = decoded
+                events.append(decoded)
                 log.info("%s/%s event %s: %s", site_id, node_id, decoded.type.value,
                          decoded.message)
-        return readings
+        return readings, statuses, events
 
     def _persist(self, readings: list[StoredReading]) -> None:
         """Make readings durable: store them, or spool them while the store is down. The
