@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -63,6 +64,29 @@ class InfluxDB2Storage(_Section):
     token_file: Path
 
 
+class MetadataConfig(_Section):
+    """Where batches, thresholds, alerts, users and the audit log live (SQLAlchemy URL)."""
+
+    url: str = Field("sqlite:///metadata.sqlite3", description=(
+        "sqlite:///<path> (relative to data_dir) or postgresql+psycopg://user@host/db"))
+    password_file: Path | None = Field(
+        None, description="PostgreSQL password, kept out of the config file")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("sqlite:///", "postgresql")):
+            raise ValueError("must start with sqlite:/// or postgresql")
+        return value
+
+
+class ApiConfig(_Section):
+    """The gateway's HTTP API (and, later, the dashboard)."""
+
+    host: str = Field("127.0.0.1", description="0.0.0.0 to serve the collection center's LAN")
+    port: int = Field(8080, ge=1, le=65535)
+
+
 Storage = Annotated[SqliteStorage | InfluxDB1Storage | InfluxDB2Storage,
                     Field(discriminator="kind")]
 
@@ -74,6 +98,19 @@ class GatewaySettings(_Section):
                            description="Spool (readings kept while the database is down)")
     mqtt: GatewayMqttConfig = GatewayMqttConfig()
     storage: Storage = SqliteStorage(kind="sqlite")
+    metadata: MetadataConfig = MetadataConfig()
+    api: ApiConfig = ApiConfig()
+    timezone: str = Field("America/Lima", description="Local time zone of the site(s): nights, "
+                          "daily reports")
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (e.g. America/Lima)") from None
+        return value
     batch_max_readings: int = Field(5000, ge=1, le=100_000)
     batch_max_latency_s: float = Field(
         0.2, gt=0, le=10, description="A reading is written at most this long after arrival")
@@ -85,13 +122,19 @@ def parse_gateway_config(data: dict[str, object], source: str = "gateway config"
 
 
 def load_gateway_config(path: Path) -> GatewaySettings:
-    """Read and validate a gateway TOML file; relative paths are relative to the file."""
+    """Read and validate a gateway TOML file; ``data_dir`` is relative to the file, the
+    SQLite files (readings, metadata) relative to ``data_dir``."""
     settings = parse_gateway_config(read_toml(path), str(path))
     updates: dict[str, object] = {}
     if not settings.data_dir.is_absolute():
         updates["data_dir"] = path.parent / settings.data_dir
+    base = Path(str(updates.get("data_dir", settings.data_dir)))
     storage = settings.storage
     if isinstance(storage, SqliteStorage) and not storage.path.is_absolute():
-        base = updates.get("data_dir", settings.data_dir)
-        updates["storage"] = storage.model_copy(update={"path": Path(str(base)) / storage.path})
+        updates["storage"] = storage.model_copy(update={"path": base / storage.path})
+    metadata_url = settings.metadata.url
+    if metadata_url.startswith("sqlite:///") and not metadata_url.startswith("sqlite:////"):
+        relative = metadata_url.removeprefix("sqlite:///")
+        updates["metadata"] = settings.metadata.model_copy(
+            update={"url": f"sqlite:///{(base / relative).resolve()}"})
     return settings.model_copy(update=updates) if updates else settings

@@ -5,11 +5,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: Mosquitto (the broker the tests and the demo start privately) and InfluxDB
-# 1.x (Debian's `influxdb`, what Raspberry Pi OS installs; tests start private influxd's).
+# Debian packages: Mosquitto (the broker the tests and the demo start privately), InfluxDB
+# 1.x (Debian's `influxdb`, what Raspberry Pi OS installs; tests start private influxd's) and
+# PostgreSQL's server binaries (tests initdb and start a private cluster).
 apt_packages=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || apt_packages+=(mosquitto)
 command -v influxd >/dev/null 2>&1 || [ -x /usr/bin/influxd ] || apt_packages+=(influxdb)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || apt_packages+=(postgresql)
 command -v python3 >/dev/null 2>&1 || apt_packages+=(python3 python3-venv)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   echo "bootstrap: installing Debian packages: ${apt_packages[*]}"

@@ -10,6 +10,7 @@ import pytest
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 from support.influxd import InfluxDaemon
 from support.mosquitto import MosquittoBroker
+from support.postgres import PostgresServer
 
 from cacao_dryer.clock import ManualClock
 
@@ -47,3 +48,23 @@ def influxd(tmp_path: Path) -> Iterator[InfluxDaemon]:
     server.start()
     yield server
     server.kill()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One private PostgreSQL cluster for the test session (initdb in a temporary folder, a
+    free loopback port; never the machine's own server); each test takes its own database."""
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def metadata_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty metadata database URL: the test runs once on SQLite (the default) and
+    once on a new database of the private PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'metadata.sqlite3'}"
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.create_database()
