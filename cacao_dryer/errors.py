@@ -35,3 +35,12 @@ class ActuatorError(CacaoDryerError, RuntimeError):
 
 class OutboxError(CacaoDryerError, OSError):
     """The node's on-disk queue of unsent messages could not be read or written."""
+
+
+class NotFoundError(CacaoDryerError, LookupError):
+    """The site, node, batch, alert or profile asked for does not exist (message names it)."""
+
+
+class ConflictError(CacaoDryerError, RuntimeError):
+    """The request contradicts the current state (a batch already running, an alert already
+    closed); the message says which state."""

@@ -1,2 +1,2 @@
-"""The collection center's gateway: MQTT ingest exactly once into SQLite or InfluxDB (batches,
-alerts, threshold push and the HTTP API are still to come, see issue 3)."""
+"""The collection center's gateway: MQTT ingest exactly once into SQLite or InfluxDB, the
+metadata database (nodes, batches, thresholds, alerts, audit) and the HTTP API."""

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 from gpiozero.pins.mock import MockFactory, MockPWMPin
+from support.gateway_context import gateway_context
 from support.influxd import InfluxDaemon
 from support.mosquitto import MosquittoBroker
 from support.postgres import PostgresServer
 
 from cacao_dryer.clock import ManualClock
+from gateway.context import GatewayContext
 
 
 @pytest.fixture
@@ -68,3 +70,15 @@ def metadata_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'metadata.sqlite3'}"
     server: PostgresServer = request.getfixturevalue("postgres_server")
     return server.create_database()
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, mosquitto: MosquittoBroker, clock: ManualClock
+            ) -> Iterator[GatewayContext]:
+    """A real gateway context: SQLite readings and metadata in tmp_path, an MQTT publisher on
+    the private Mosquitto, the hand-driven clock. For PostgreSQL use support.gateway_context
+    with the ``metadata_url`` fixture."""
+    with gateway_context(tmp_path / "gateway", mosquitto,
+                         f"sqlite:///{tmp_path / 'gateway' / 'metadata.sqlite3'}",
+                         clock) as context:
+        yield context

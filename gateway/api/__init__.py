@@ -1,0 +1,1 @@
+"""The gateway's JSON API (FastAPI): one router per resource under ``routes/``."""

@@ -1,0 +1,40 @@
+"""What the gateway's parts share at run time: settings, stores, the MQTT publisher, the clock.
+
+Built once by ``gateway.service`` (or by a test) and handed to the API and the background
+services; nothing reaches these through module globals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+from cacao_dryer.clock import Clock
+from gateway.config import GatewaySettings
+from gateway.ingest import IngestStats
+from gateway.metadata.database import MetadataDB
+from gateway.timeseries import TimeSeriesStore
+
+
+class Publisher(Protocol):
+    """Outgoing MQTT (``gateway.mqtt_out.MqttPublisher``): True once the broker has it."""
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False,
+                timeout: float = 5.0) -> bool: ...
+
+
+@dataclass
+class GatewayContext:
+    settings: GatewaySettings
+    store: TimeSeriesStore
+    metadata: MetadataDB
+    publisher: Publisher
+    clock: Clock
+    ingest_stats: IngestStats = field(default_factory=IngestStats)
+    started_at: datetime | None = None
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.settings.timezone)
