@@ -1,0 +1,141 @@
+"""The node registry: what the gateway knows of each dryer node, kept in the metadata DB.
+
+It is the ingest's listener (``gateway.ingest.IngestListener``): for every durable batch of
+messages it records, in one transaction and before the messages are acknowledged,
+
+- sites and nodes the first time they are heard of,
+- when each node was last heard from, and its state (online/offline, from the retained status
+  and the Last Will), health and firmware,
+- every event exactly once (by site, node and the event's own ``seq``; a replay or a
+  redelivery inserts nothing), and hands new config acks and batch events to the thresholds
+  and batches services.
+
+A failure raises, so the ingest retries the whole batch: nothing is acknowledged that is not
+recorded. Several gateways may record into one PostgreSQL at the same time; inserts are
+``ON CONFLICT DO NOTHING`` so they never trip over each other.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from cacao_dryer.clock import Clock
+from cacao_dryer.contract import EventType, NodeEvent, NodeState, NodeStatus
+from gateway.metadata.database import MetadataDB
+from gateway.metadata.models import Node, NodeEventRecord, Site
+from gateway.timeseries import StoredReading
+
+log = logging.getLogger("cacao_dryer.gateway")
+
+CONFIG_EVENTS = {EventType.CONFIG_APPLIED, EventType.CONFIG_REJECTED}
+BATCH_EVENTS = {EventType.BATCH_STARTED, EventType.BATCH_ENDED}
+
+
+def _insert(session: Session, model: type[Any]) -> Any:
+    """INSERT … ON CONFLICT DO NOTHING for the session's database."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(model)
+
+
+class NodeRegistry:
+    def __init__(self, metadata: MetadataDB, clock: Clock,
+                 timezone: str = "America/Lima") -> None:
+        self.metadata = metadata
+        self.clock = clock
+        self.timezone = timezone  # given to sites created on first contact
+
+    # --- IngestListener -----------------------------------------------------------------------
+
+    def batch_received(self, readings: Sequence[StoredReading],
+                       statuses: Sequence[NodeStatus], events: Sequence[NodeEvent]) -> None:
+        now = self.clock.now()
+        heard = {(m.site_id, m.node_id) for m in (*readings, *statuses, *events)}
+        if not heard:
+            return
+        with self.metadata.session() as session:
+            ensure_nodes(session, heard, now, self.timezone)
+            session.execute(update(Node).where(*_any_of(heard)).values(last_seen_at=now))
+            for status in statuses:
+                self._status(session, status, now)
+            for event in events:
+                self._event(session, event, now)
+
+    # --- parts --------------------------------------------------------------------------------
+
+    def _status(self, session: Session, status: NodeStatus, now: datetime) -> None:
+        node = session.get(Node, (status.site_id, status.node_id))
+        if node is None:  # ensured above; another gateway cannot delete nodes
+            return
+        state = status.state.value
+        if node.state != state:
+            log.info("%s/%s is %s", status.site_id, status.node_id, state)
+            node.state = state
+            node.state_since = now
+        node.status = status.model_dump(mode="json", exclude_none=True)
+        if status.state is NodeState.ONLINE and status.firmware_version:
+            node.firmware_version = status.firmware_version
+
+    def _event(self, session: Session, event: NodeEvent, now: datetime) -> None:
+        result = session.execute(
+            _insert(session, NodeEventRecord).values(
+                site_id=event.site_id, node_id=event.node_id, seq=event.seq,
+                occurred_at=event.occurred_at, type=event.type.value,
+                message=event.message, data=event.data, received_at=now,
+            ).on_conflict_do_nothing())
+        if not result.rowcount:
+            return  # already recorded: a replay or a redelivery
+        session.execute(update(Node).where(Node.site_id == event.site_id,
+                                           Node.node_id == event.node_id,
+                                           Node.last_event_seq < event.seq)
+                        .values(last_event_seq=event.seq))
+        if event.type in CONFIG_EVENTS:
+            from gateway.thresholds import record_config_event
+
+            version = event.data.get("version")
+            record_config_event(session, event.site_id, event.node_id, event.type.value,
+                                version if isinstance(version, int) else None,
+                                event.occurred_at, event.message)
+        elif event.type in BATCH_EVENTS:
+            from gateway.batches import record_batch_event
+
+            batch_id = event.data.get("batch_id")
+            record_batch_event(session, event.site_id, event.node_id, event.type.value,
+                               batch_id if isinstance(batch_id, str) else None, event.data,
+                               event.occurred_at)
+
+
+def ensure_nodes(session: Session, keys: set[tuple[str, str]], now: datetime,
+                 timezone: str = "America/Lima") -> None:
+    """Create the sites and nodes not known yet (idempotent, safe under concurrency)."""
+    known = {(site, node) for site, node in
+             session.execute(select(Node.site_id, Node.node_id).where(*_any_of(keys)))}
+    missing = keys - known
+    if not missing:
+        return
+    for site_id in sorted({site for site, _node in missing}):
+        session.execute(_insert(session, Site).values(
+            site_id=site_id, name=site_id, timezone=timezone, created_at=now,
+        ).on_conflict_do_nothing())
+    for site_id, node_id in sorted(missing):
+        session.execute(_insert(session, Node).values(
+            site_id=site_id, node_id=node_id, first_seen_at=now, last_seen_at=now,
+            state="unknown", last_event_seq=0,
+        ).on_conflict_do_nothing())
+        log.info("new node %s/%s", site_id, node_id)
+
+
+def _any_of(keys: set[tuple[str, str]]) -> tuple[Any, ...]:
+    from sqlalchemy import or_, tuple_
+
+    if len(keys) == 1:
+        ((site_id, node_id),) = keys
+        return (Node.site_id == site_id, Node.node_id == node_id)
+    return (or_(*(tuple_(Node.site_id, Node.node_id) == key for key in sorted(keys))),)
