@@ -67,8 +67,10 @@ def create_app(context: GatewayContext, *, local_actor: Actor | None = None) -> 
     async def bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(part) for part in first.get("loc", ()))
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""),
+                   "type": e.get("type", "")} for e in exc.errors()]
         return JSONResponse({"detail": f"{where}: {first.get('msg', 'invalid')}",
-                             "errors": exc.errors()},
+                             "errors": errors},
                             status.HTTP_422_UNPROCESSABLE_CONTENT)
 
     return app
