@@ -169,3 +169,18 @@ def test_bucket_choice_keeps_seven_days_under_the_limit() -> None:
     start = datetime(2026, 1, 1, tzinfo=UTC)
     assert choose_bucket_s(start, start + timedelta(days=7), 2000) == 600
     assert choose_bucket_s(start, start + timedelta(hours=1), 2000) == 10
+
+
+def test_prometheus_metrics_count_nodes_gaps_and_ingest(gateway: GatewayContext) -> None:
+    stored = [r for r in readings(gateway, 20) if r.seq not in (5, 6)]
+    gateway.store.write(stored)
+    NodeRegistry(gateway.metadata, gateway.clock).batch_received(
+        stored[-1:], [NodeStatus(site_id=SITE, node_id=NODE, state=NodeState.ONLINE)], [])
+    gateway.ingest_stats.received = 18
+    response = client_for(gateway, actor=None).get("/metrics")
+    assert response.status_code == 200
+    lines = response.text.splitlines()
+    assert "cacao_gateway_received_total 18.0" in lines
+    assert f'cacao_node_up{{node="{NODE}",site="{SITE}"}} 1.0' in lines
+    assert f'cacao_node_missing_readings{{node="{NODE}",site="{SITE}"}} 2.0' in lines
+    assert "cacao_batches_running 0.0" in lines
