@@ -42,6 +42,8 @@ class Channel(StrEnum):
     EVENT = "event"          # node → gateway, QoS 1, not retained (acks, alarms, faults)
     CONFIG = "config"        # gateway → node, QoS 1, retained (thresholds, versioned)
     COMMAND = "command"      # gateway → node, QoS 1, not retained (overrides, batches, tare)
+    ALERT = "alert"          # gateway → dashboards, QoS 1, retained per (node, kind):
+    #                          cacao/v1/<site>/<node>/alert/<kind> (see alert_topic)
 
 
 QOS: dict[Channel, int] = {channel: 1 for channel in Channel}
@@ -51,17 +53,35 @@ RETAINED: dict[Channel, bool] = {
     Channel.EVENT: False,
     Channel.CONFIG: True,
     Channel.COMMAND: False,
+    Channel.ALERT: True,
 }
 
 
 def topic(site_id: str, node_id: str, channel: Channel) -> str:
-    """``cacao/v1/<site>/<node>/<channel>``; ``+`` is allowed as a wildcard for subscriptions."""
+    """``cacao/v1/<site>/<node>/<channel>``; ``+`` is allowed as a wildcard for subscriptions.
+
+    Alert topics carry one more level, the alert kind: use ``alert_topic``."""
+    if channel is Channel.ALERT:
+        raise TopicError("alert topics end with /alert/<kind>: use alert_topic()")
     return f"{TOPIC_PREFIX}/{site_id}/{node_id}/{channel.value}"
 
 
+def alert_topic(site_id: str, node_id: str, kind: str) -> str:
+    """``cacao/v1/<site>/<node>/alert/<kind>``: one retained message per node and alert kind,
+    so a dashboard connecting late receives every node's current alerts. ``+`` works as a
+    wildcard for each level (``cacao/v1/<site>/+/alert/+``)."""
+    return f"{TOPIC_PREFIX}/{site_id}/{node_id}/{Channel.ALERT.value}/{kind}"
+
+
 def parse_topic(name: str) -> tuple[str, str, Channel]:
-    """Split a contract topic into (site_id, node_id, channel); TopicError if it is not one."""
+    """Split a contract topic into (site_id, node_id, channel); TopicError if it is not one.
+
+    Alert topics (``.../alert/<kind>``) parse to ``Channel.ALERT``; ``parse_alert_topic`` also
+    returns the kind."""
     parts = name.split("/")
+    if len(parts) == 6 and parts[4] == Channel.ALERT.value and "/".join(parts[:2]) == TOPIC_PREFIX:
+        _alert_kind(name, parts[5])
+        return parts[2], parts[3], Channel.ALERT
     if len(parts) != 5 or "/".join(parts[:2]) != TOPIC_PREFIX:
         raise TopicError(f"topic {name!r}: expected {TOPIC_PREFIX}/<site>/<node>/<channel>")
     site_id, node_id, channel = parts[2], parts[3], parts[4]
@@ -70,7 +90,26 @@ def parse_topic(name: str) -> tuple[str, str, Channel]:
     except ValueError:
         known = ", ".join(c.value for c in Channel)
         raise TopicError(f"topic {name!r}: unknown channel {channel!r} (one of {known})") from None
+    if parsed is Channel.ALERT:
+        raise TopicError(f"topic {name!r}: alert topics end with /alert/<kind>")
     return site_id, node_id, parsed
+
+
+def parse_alert_topic(name: str) -> tuple[str, str, AlertKind]:
+    """Split ``cacao/v1/<site>/<node>/alert/<kind>`` into (site_id, node_id, kind)."""
+    site_id, node_id, channel = parse_topic(name)
+    if channel is not Channel.ALERT:
+        raise TopicError(f"topic {name!r}: not an alert topic ({channel.value})")
+    return site_id, node_id, _alert_kind(name, name.rsplit("/", 1)[1])
+
+
+def _alert_kind(name: str, kind: str) -> AlertKind:
+    try:
+        return AlertKind(kind)
+    except ValueError:
+        known = ", ".join(k.value for k in AlertKind)
+        raise TopicError(f"topic {name!r}: unknown alert kind {kind!r} (one of {known})"
+                         ) from None
 
 
 class _Message(BaseModel):
@@ -360,6 +399,69 @@ class Command(_Message):
     action: CommandAction
 
 
+# --- alerts (gateway → dashboards and other subscribers) -------------------------------------
+
+class AlertKind(StrEnum):
+    """What the gateway alerts on (rules: gateway/alerting.py, docs/alerts.md)."""
+
+    OVER_TEMPERATURE = "over_temperature"      # inside air at or above the alarm threshold
+    HIGH_HUMIDITY = "high_humidity"            # humid air re-wetting dry beans
+    SENSOR_FAULT = "sensor_fault"              # a sensor failed, or no readings from a live node
+    NODE_OFFLINE = "node_offline"              # Last Will / offline status, or silence
+    SEQUENCE_GAP = "sequence_gap"              # readings missing from the store (lost data)
+    DRYING_STALLED = "drying_stalled"          # moisture not falling while above target
+    TARGET_REACHED = "target_reached"          # beans at target moisture: ready to unload
+    CONFIG_NOT_APPLIED = "config_not_applied"  # the node did not apply pushed thresholds
+
+
+class AlertSeverity(StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+SEVERITY_RANK: dict[AlertSeverity, int] = {
+    AlertSeverity.INFO: 0, AlertSeverity.WARNING: 1, AlertSeverity.CRITICAL: 2}
+
+
+class AlertState(StrEnum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class AlertNotice(_NodeMessage):
+    """The current state of one alert of one node, retained on
+    ``cacao/v1/<site>/<node>/alert/<kind>`` and POSTed to webhooks. A closed alert stays
+    retained with ``state: closed`` until the next alert of that kind replaces it; an alert
+    that occurs again later is a new alert (a new ``alert_id``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    alert_id: int = Field(ge=1, description="The gateway's id of this alert (one per opening)")
+    kind: AlertKind
+    severity: AlertSeverity
+    state: AlertState
+    opened_at: AwareDatetime
+    updated_at: AwareDatetime = Field(description="Last change of severity, value or message")
+    closed_at: AwareDatetime | None = Field(None, description="Set exactly when state is closed")
+    message: str = Field(min_length=1, max_length=500, description="One line for people")
+    value: float | None = Field(None, description="The number behind the alert, in the unit "
+                                "the message names (e.g. highest air temperature [°C])")
+    batch_id: Identifier | None = None
+    acknowledged_by: str | None = Field(None, min_length=1, max_length=100)
+    acknowledged_at: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AlertNotice:
+        if (self.state is AlertState.CLOSED) != (self.closed_at is not None):
+            raise ValueError("closed_at must be set exactly when state is closed")
+        if (self.acknowledged_by is None) != (self.acknowledged_at is None):
+            raise ValueError("acknowledged_by and acknowledged_at go together")
+        if self.updated_at < self.opened_at:
+            raise ValueError("updated_at must not be before opened_at")
+        return self
+
+
 # --- encoding and decoding -------------------------------------------------------------------
 
 MODELS: dict[Channel, type[BaseModel]] = {
@@ -368,6 +470,7 @@ MODELS: dict[Channel, type[BaseModel]] = {
     Channel.EVENT: NodeEvent,
     Channel.CONFIG: NodeConfig,
     Channel.COMMAND: Command,
+    Channel.ALERT: AlertNotice,
 }
 
 
@@ -426,6 +529,8 @@ def decode_message(topic_name: str, payload: bytes | str) -> tuple[str, str, Bas
         raise PayloadError(
             f"{topic_name}: payload names {message.site_id}/{message.node_id}, "
             f"topic names {site_id}/{node_id}")
+    if isinstance(message, AlertNotice) and message.kind.value != topic_name.rsplit("/", 1)[1]:
+        raise PayloadError(f"{topic_name}: payload is a {message.kind.value} alert")
     return site_id, node_id, message
 
 
