@@ -90,6 +90,62 @@ def watch(args: argparse.Namespace) -> None:
     watch_site(args.broker, site=args.site, duration_s=args.duration)
 
 
+def user_add(args: argparse.Namespace) -> None:
+    from gateway.auth import admin
+
+    print(admin.add(args.config, args.username, args.role, args.language, args.password_file))
+
+
+def user_list(args: argparse.Namespace) -> None:
+    from gateway.auth import admin
+
+    print("\n".join(admin.list_users(args.config)))
+
+
+def user_passwd(args: argparse.Namespace) -> None:
+    from gateway.auth import admin
+
+    print(admin.passwd(args.config, args.username, args.password_file))
+
+
+def user_disable(args: argparse.Namespace) -> None:
+    from gateway.auth import admin
+
+    print(admin.set_disabled(args.config, args.username, True))
+
+
+def user_enable(args: argparse.Namespace) -> None:
+    from gateway.auth import admin
+
+    print(admin.set_disabled(args.config, args.username, False))
+
+
+def _user_commands(commands: argparse._SubParsersAction) -> None:
+    user = commands.add_parser("user", help="logins for the gateway's dashboard and API")
+    user_commands = user.add_subparsers(title="user commands", required=True,
+                                        metavar="COMMAND")
+    add = _command(user_commands, "add", user_add, "Add a user (the first admin, too); asks "
+                   "for the password twice unless --password-file is given.")
+    listing = _command(user_commands, "list", user_list, "List users, their roles and state.")
+    passwd = _command(user_commands, "passwd", user_passwd,
+                      "Set a user's password; ends their sessions.")
+    disable = _command(user_commands, "disable", user_disable,
+                       "Disable a user; ends their sessions at once.")
+    enable = _command(user_commands, "enable", user_enable, "Enable a disabled user.")
+    for sub in (add, listing, passwd, disable, enable):
+        sub.add_argument("--config", "-c", type=Path, required=True,
+                         help="gateway config file (TOML): names the metadata database")
+    for sub in (add, passwd, disable, enable):
+        sub.add_argument("--username", "-u", required=True)
+    add.add_argument("--role", required=True,
+                     help="operator, technician, manager or admin (docs/security.md)")
+    add.add_argument("--language", default="es", help="dashboard language (default es)")
+    for sub in (add, passwd):
+        sub.add_argument("--password-file", metavar="FILE",
+                         help="read the password from the first line of FILE (- = standard "
+                         "input) instead of asking")
+
+
 def _command(sub: argparse._SubParsersAction, name: str, handler: Callable[..., None],
              help_text: str) -> argparse.ArgumentParser:
     parser = sub.add_parser(name, help=help_text, description=help_text)
@@ -126,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     gateway_run_parser.add_argument("--broker", help="override the config's broker")
     gateway_run_parser.add_argument("--log-level", default="info",
                                     choices=["debug", "info", "warning", "error"])
+
+    _user_commands(commands)
 
     schema = commands.add_parser("schema", help="the MQTT message contract")
     schema_commands = schema.add_subparsers(title="schema commands", required=True,

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from cacao_dryer.clock import Clock
 from gateway.config import GatewaySettings
 from gateway.ingest import IngestStats
+from gateway.live import LiveHub
 from gateway.metadata.database import MetadataDB
 from gateway.timeseries import TimeSeriesStore
 
@@ -34,6 +35,8 @@ class GatewayContext:
     clock: Clock
     ingest_stats: IngestStats = field(default_factory=IngestStats)
     started_at: datetime | None = None
+    live: LiveHub | None = None  # pushes ingest results to dashboards (None: no /api/live)
+    alerts: Any = None  # gateway.alert_service.AlertService once the runtime has built it
 
     @property
     def zone(self) -> ZoneInfo:

@@ -15,18 +15,22 @@ from sqlalchemy.engine import make_url
 
 from cacao_dryer.clock import Clock, SystemClock
 from cacao_dryer.errors import ConfigError
-from gateway.api.app import LOCAL_ADMIN, create_app
-from gateway.api.deps import Actor
-from gateway.config import GatewaySettings
+from gateway.api.app import create_app
+from gateway.config import ApiConfig, GatewaySettings
 from gateway.context import GatewayContext
 from gateway.http_server import ApiServer
 from gateway.ingest import Ingest
 from gateway.jobs import Jobs
+from gateway.live import FanOutListener, LiveHub
 from gateway.metadata.database import open_metadata
 from gateway.mqtt_out import MqttPublisher
 from gateway.registry import NodeRegistry
+from gateway.webhooks import WebhookSender, WebhookTarget
 
 log = logging.getLogger("cacao_dryer.gateway")
+
+ALERT_EVERY_S = 30.0
+RECONCILE_EVERY_S = 60.0
 
 
 def metadata_url(settings: GatewaySettings) -> str:
@@ -42,13 +46,32 @@ def metadata_url(settings: GatewaySettings) -> str:
     return make_url(config.url).set(password=password).render_as_string(hide_password=False)
 
 
-def local_actor_for(host: str) -> Actor | None:
-    """Until logins exist (dashboard issue), the API acts as a local administrator only when
-    it listens on loopback; on the LAN every protected route answers 401."""
+def cleartext_warning(api: ApiConfig) -> str | None:
+    """Every API call needs a login (docs/security.md); on the LAN without TLS in front,
+    passwords and session cookies cross the network readable: say so at start."""
     try:
-        return LOCAL_ADMIN if ipaddress.ip_address(host).is_loopback else None
+        loopback = ipaddress.ip_address(api.host).is_loopback
     except ValueError:
-        return LOCAL_ADMIN if host == "localhost" else None
+        loopback = api.host == "localhost"
+    if loopback or api.secure_cookies:
+        return None
+    return (f"API on {api.host}:{api.port} over plain HTTP: logins cross the LAN unencrypted; "
+            "put a TLS proxy in front and set api.secure_cookies = true (docs/security.md)")
+
+
+def webhook_targets(settings: GatewaySettings) -> list[WebhookTarget]:
+    """The configured webhooks with their secrets read from their files."""
+    targets = []
+    for index, hook in enumerate(settings.webhooks):
+        try:
+            secret = hook.secret_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"webhooks[{index}].secret_file {hook.secret_file}: cannot read "
+                              f"({exc.strerror})") from None
+        targets.append(WebhookTarget(
+            url=hook.url, secret=secret, name=hook.name, min_severity=hook.min_severity,
+            kinds=frozenset(hook.kinds) if hook.kinds is not None else None))
+    return targets
 
 
 class GatewayRuntime:
@@ -59,7 +82,9 @@ class GatewayRuntime:
         self.ingest: Ingest | None = None
         self.api: ApiServer | None = None
         self.jobs = Jobs()
+        self.live = LiveHub()
         self._publisher: MqttPublisher | None = None
+        self._webhooks: WebhookSender | None = None
 
     def start(self) -> GatewayContext:
         from gateway.service import open_store
@@ -71,14 +96,20 @@ class GatewayRuntime:
         self._publisher = MqttPublisher(settings.mqtt)
         self._publisher.start()
         registry = NodeRegistry(metadata, self.clock, settings.timezone)
-        self.ingest = Ingest(settings, store, registry)
+        # The registry records durably (its failure retries the batch); the live hub then
+        # pushes the batch to open dashboards, best effort.
+        self.ingest = Ingest(settings, store, FanOutListener(registry, self.live))
         context = GatewayContext(settings=settings, store=store, metadata=metadata,
                                  publisher=self._publisher, clock=self.clock,
-                                 ingest_stats=self.ingest.stats, started_at=self.clock.now())
+                                 ingest_stats=self.ingest.stats, started_at=self.clock.now(),
+                                 live=self.live)
         self.context = context
         self._add_jobs(context)
         self.ingest.start()
-        self.api = ApiServer(create_app(context, local_actor=local_actor_for(settings.api.host)),
+        warning = cleartext_warning(settings.api)
+        if warning is not None:
+            log.warning("%s", warning)
+        self.api = ApiServer(create_app(context),
                              settings.api.host, settings.api.port)
         self.api.start()
         self.jobs.start()
@@ -86,10 +117,29 @@ class GatewayRuntime:
         return context
 
     def _add_jobs(self, context: GatewayContext) -> None:
-        """Periodic work; each part registers its own job here."""
+        """Periodic work: alert rules every 30 s (announced on MQTT and to webhooks),
+        threshold configs reconciled every minute (batch stage changes, pushes the broker
+        did not take during an outage)."""
+        from gateway import thresholds
+        from gateway.alert_service import AlertService
+        from gateway.webhooks import WebhookSender
+
+        notifiers = []
+        targets = webhook_targets(self.settings)
+        if targets:
+            self._webhooks = WebhookSender(Path(self.settings.data_dir) / "webhooks.sqlite3",
+                                           targets, clock=self.clock)
+            self._webhooks.start()
+            notifiers.append(self._webhooks.enqueue)
+        context.alerts = AlertService(context, notifiers=notifiers)
+        self.jobs.add("alerts", ALERT_EVERY_S, context.alerts.run_round)
+        self.jobs.add("thresholds", RECONCILE_EVERY_S, lambda: thresholds.reconcile(context))
 
     def stop(self) -> None:
         self.jobs.stop()
+        if self._webhooks is not None:
+            self._webhooks.stop()
+        self.live.close()  # ends open live streams, or the web server waits for them forever
         if self.api is not None:
             self.api.stop()
         if self.ingest is not None:

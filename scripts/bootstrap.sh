@@ -6,12 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: Mosquitto (the broker the tests and the demo start privately), InfluxDB
-# 1.x (Debian's `influxdb`, what Raspberry Pi OS installs; tests start private influxd's) and
-# PostgreSQL's server binaries (tests initdb and start a private cluster).
+# 1.x (Debian's `influxdb`, what Raspberry Pi OS installs; tests start private influxd's),
+# PostgreSQL's server binaries (tests initdb and start a private cluster) and Chromium (the
+# dashboard's browser tests drive it headless; no browser is ever downloaded at run time).
 apt_packages=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || apt_packages+=(mosquitto)
 command -v influxd >/dev/null 2>&1 || [ -x /usr/bin/influxd ] || apt_packages+=(influxdb)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || apt_packages+=(postgresql)
+[ -x /usr/bin/chromium ] || apt_packages+=(chromium)
 command -v python3 >/dev/null 2>&1 || apt_packages+=(python3 python3-venv)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   echo "bootstrap: installing Debian packages: ${apt_packages[*]}"

@@ -10,11 +10,12 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from support import wait_for
+from support.auth import PASSWORD, QUICK_HASHING, add_user
 from support.mosquitto import MosquittoBroker, free_port
 
 from cacao_dryer.contract import Channel, Mode, NodeState, NodeStatus, Telemetry, encode, topic
 from gateway.config import parse_gateway_config
-from gateway.runtime import GatewayRuntime, local_actor_for, metadata_url
+from gateway.runtime import GatewayRuntime, cleartext_warning, metadata_url
 
 pytestmark = pytest.mark.integration
 SITE, NODE = "demo", "secador-01"
@@ -28,15 +29,19 @@ def test_gateway_ingests_and_answers_over_http(tmp_path: Path,
         "mqtt": {"broker": f"mqtt://127.0.0.1:{mosquitto.port}", "client_id": "gw-runtime"},
         "metadata": {"url": f"sqlite:///{tmp_path / 'metadata.sqlite3'}"},
         "storage": {"kind": "sqlite", "path": str(tmp_path / "readings.sqlite3")},
-        "api": {"port": port}})
+        "api": {"port": port, **QUICK_HASHING}})
     runtime = GatewayRuntime(settings)
-    runtime.start()
+    context = runtime.start()
+    add_user(context, "ana", "operator")
     node = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="node", protocol=mqtt.MQTTv5)
     node.connect("127.0.0.1", mosquitto.port)
     node.loop_start()
     api = httpx.Client(base_url=f"http://127.0.0.1:{port}")
     try:
         assert api.get("/api/health").json()["status"] == "ok"
+        assert api.get("/api/nodes").status_code == 401  # no local admin, even on loopback
+        assert api.post("/api/auth/login", json={"username": "ana", "password": PASSWORD}
+                        ).status_code == 200  # the client keeps the session cookie
         wait_for(lambda: runtime.ingest is not None and runtime.ingest.connected, timeout=10,
                  what="ingest connected")
         node.publish(topic(SITE, NODE, Channel.STATUS),
@@ -61,12 +66,14 @@ def test_gateway_ingests_and_answers_over_http(tmp_path: Path,
         runtime.stop()
 
 
-def test_api_acts_as_local_admin_only_on_loopback() -> None:
-    assert local_actor_for("127.0.0.1") is not None
-    assert local_actor_for("::1") is not None
-    assert local_actor_for("localhost") is not None
-    assert local_actor_for("0.0.0.0") is None
-    assert local_actor_for("192.168.1.10") is None
+def test_logins_over_plain_http_on_the_lan_are_warned_about() -> None:
+    def warning(**api: object) -> str | None:
+        return cleartext_warning(parse_gateway_config({"api": api}).api)
+
+    assert warning(host="127.0.0.1") is None and warning(host="::1") is None
+    assert warning(host="localhost") is None
+    assert "logins cross the LAN unencrypted" in (warning(host="0.0.0.0") or "")
+    assert warning(host="0.0.0.0", secure_cookies=True) is None
 
 
 def test_metadata_password_comes_from_its_file(tmp_path: Path) -> None:
@@ -85,3 +92,77 @@ def test_unreadable_metadata_password_file_is_a_one_line_config_error(tmp_path: 
         "password_file": str(tmp_path / "missing")}})
     with pytest.raises(ConfigError, match=r"metadata.password_file .*missing: cannot read"):
         metadata_url(settings)
+
+
+def test_alert_reaches_a_webhook_through_the_whole_gateway(tmp_path: Path,
+                                                           mosquitto: MosquittoBroker) -> None:
+    import http.server
+    import json
+    import threading
+
+    from cacao_dryer.clock import ManualClock
+    from gateway.webhooks import verify_signature
+
+    received: list[tuple[dict[str, object], str | None]] = []
+    secret = "a-long-enough-webhook-secret"
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            assert verify_signature(secret, body, self.headers.get("X-Cacao-Signature"))
+            received.append((json.loads(body), self.headers.get("X-Cacao-Delivery")))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    (tmp_path / "hook-secret").write_text(secret)
+    settings = parse_gateway_config({
+        "data_dir": str(tmp_path), "sites": [SITE],
+        "mqtt": {"broker": f"mqtt://127.0.0.1:{mosquitto.port}", "client_id": "gw-hooks"},
+        "metadata": {"url": f"sqlite:///{tmp_path / 'metadata.sqlite3'}"},
+        "storage": {"kind": "sqlite", "path": str(tmp_path / "readings.sqlite3")},
+        "api": {"port": free_port(), **QUICK_HASHING},
+        "webhooks": [{"name": "cooperative-office", "url":
+                      f"http://127.0.0.1:{server.server_port}/alerts",
+                      "secret_file": str(tmp_path / "hook-secret"),
+                      "kinds": ["over_temperature"]}]})
+    clock = ManualClock(datetime.now(UTC))
+    runtime = GatewayRuntime(settings, clock=clock)
+    context = runtime.start()
+    add_user(context, "ana", "operator")
+    api = httpx.Client(base_url=f"http://127.0.0.1:{settings.api.port}")
+    node = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="node", protocol=mqtt.MQTTv5)
+    node.connect("127.0.0.1", mosquitto.port)
+    node.loop_start()
+    try:
+        assert api.post("/api/auth/login", json={"username": "ana", "password": PASSWORD}
+                        ).status_code == 200
+        # A retained status proves the gateway's subscriptions are in place.
+        node.publish(topic(SITE, NODE, Channel.STATUS),
+                     encode(NodeStatus(site_id=SITE, node_id=NODE, state=NodeState.ONLINE)),
+                     qos=1, retain=True).wait_for_publish(5)
+        wait_for(lambda: len(api.get("/api/nodes").json()) == 1, timeout=10,
+                 what="the node registered")
+        for seq in (1, 2):
+            node.publish(topic(SITE, NODE, Channel.TELEMETRY), encode(Telemetry(
+                site_id=SITE, node_id=NODE, seq=seq, measured_at=clock.now(),
+                readings={"air_temp_c": 64.0}, fan_speed_pct=100, vent_open_pct=100,
+                mode=Mode.AUTO, config_version=0)), qos=1).wait_for_publish(5)
+            wait_for(lambda seq=seq: (latest := context.store.latest(SITE, NODE)) is not None
+                     and latest.seq == seq, timeout=10, what=f"reading {seq} stored")
+            context.alerts.run_round()
+            clock.advance(120)
+        wait_for(lambda: len(received) == 1, timeout=15, what="the webhook delivery")
+        notice, delivery_id = received[0]
+        assert notice["kind"] == "over_temperature" and notice["state"] == "open"
+        assert delivery_id
+    finally:
+        api.close()
+        node.loop_stop()
+        node.disconnect()
+        runtime.stop()
+        server.shutdown()

@@ -28,7 +28,11 @@ def _site_and_node(session) -> None:
 def test_open_migrates_an_empty_database_to_the_newest_schema(metadata_url: str) -> None:
     database = open_metadata(metadata_url)
     try:
-        assert database.revision() == "0001"
+        from alembic.script import ScriptDirectory
+
+        from gateway.metadata.database import MIGRATIONS
+
+        assert database.revision() == ScriptDirectory(str(MIGRATIONS)).get_current_head()
         with database.engine.connect() as connection:
             differences = compare_metadata(MigrationContext.configure(connection),
                                            Base.metadata)

@@ -15,13 +15,16 @@ from fastapi.responses import JSONResponse
 
 from cacao_dryer import __version__
 from cacao_dryer.errors import ConfigError, ConflictError, NotFoundError, PayloadError
+from dashboard.web import install as install_dashboard
 from gateway.api.deps import Actor, Role
+from gateway.auth import build_auth
+from gateway.auth.errors import InvalidAccountInput
 from gateway.context import GatewayContext
 from gateway.timeseries import StoreUnavailable
 
 # One module per resource; each has ``router``. Listed here so the OpenAPI schema is complete.
 ROUTERS = ("health", "nodes", "readings", "alerts", "batches", "thresholds", "audit",
-           "metrics")
+           "metrics", "live", "auth", "users")
 
 
 def _one_line(exc: Exception) -> str:
@@ -29,13 +32,18 @@ def _one_line(exc: Exception) -> str:
 
 
 def create_app(context: GatewayContext, *, local_actor: Actor | None = None) -> FastAPI:
-    """``local_actor``: who the API acts as until the dashboard brings logins (issue 4);
-    None = every protected route answers 401."""
+    """``local_actor``: tests only — act as this user without logging in. The gateway never
+    sets it: every route but the public ones needs a session or an API token
+    (docs/security.md)."""
     app = FastAPI(title="cacao-dryer gateway API", version=__version__,
                   description="Dryer nodes, readings, batches, alerts and thresholds of the "
-                  "collection center. Times are ISO 8601 UTC; units are in field names.")
+                  "collection center. Times are ISO 8601 UTC; units are in field names.",
+                  # FastAPI's /docs and /redoc pages load their scripts from a CDN, which a
+                  # rural collection center cannot reach: only the schema is served.
+                  docs_url=None, redoc_url=None)
     app.state.context = context
     app.state.local_actor = local_actor
+    app.state.auth = build_auth(context.settings.api, context.clock)
     for name in ROUTERS:
         try:
             module = importlib.import_module(f"gateway.api.routes.{name}")
@@ -55,6 +63,7 @@ def create_app(context: GatewayContext, *, local_actor: Actor | None = None) -> 
 
     @app.exception_handler(PayloadError)
     @app.exception_handler(ConfigError)
+    @app.exception_handler(InvalidAccountInput)
     async def invalid(_request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": _one_line(exc)}, status.HTTP_422_UNPROCESSABLE_CONTENT)
 
@@ -73,7 +82,10 @@ def create_app(context: GatewayContext, *, local_actor: Actor | None = None) -> 
                              "errors": errors},
                             status.HTTP_422_UNPROCESSABLE_CONTENT)
 
+    install_dashboard(app)  # the HTML pages and their static files, on the same app
     return app
 
 
+# A fixed administrator for tests that exercise routes rather than logins
+# (``create_app(context, local_actor=LOCAL_ADMIN)``); the running gateway never uses it.
 LOCAL_ADMIN = Actor("local-admin", Role.ADMIN)

@@ -1,44 +1,61 @@
 """Dependencies every route uses: the shared context, a database session, the acting user.
 
-Authentication arrives with the dashboard (issue 4). Every route already declares the role it
-needs with ``require(Role.X)``; until login exists, ``current_actor`` answers with the local
-administrator the gateway's settings allow, so swapping in real sessions changes this file only.
+Every route declares the role it needs with ``require(Role.X)`` (or the ``OperatorDep`` …
+``AdminDep`` aliases); ``current_actor`` establishes who is asking, from
+
+1. an API token (``Authorization: Bearer cdt_...``, machines; no CSRF token needed), or
+2. the ``cacao_session`` cookie of a logged-in browser; a state-changing request (POST, PUT,
+   PATCH, DELETE) must then also carry the session's CSRF token and, when the browser names
+   its origin, come from this gateway (gateway/auth/csrf.py).
+
+Nobody is let in without one of them (401), except the routes in ``PUBLIC_PATHS``.
+``create_app(context, local_actor=...)`` lets tests act as a fixed user without logging in;
+the gateway itself never sets it. See docs/security.md.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Annotated
+from urllib.parse import parse_qs
 
 from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy.orm import Session
 
+from gateway.auth import SESSION_COOKIE, Auth, Identity
+from gateway.auth.csrf import (
+    CSRF_FORM_FIELD,
+    CSRF_HEADER,
+    changes_state,
+    csrf_refusal,
+    origin_refusal,
+)
+from gateway.auth.roles import Role, may
 from gateway.context import GatewayContext
 
+__all__ = ["PUBLIC_PATHS", "Actor", "AdminDep", "ContextDep", "ManagerDep", "OperatorDep",
+           "Role", "SessionDep", "TechnicianDep", "current_actor", "get_context", "identity_of",
+           "require"]
 
-class Role(StrEnum):
-    OPERATOR = "operator"
-    TECHNICIAN = "technician"
-    MANAGER = "manager"
-    ADMIN = "admin"
+log = logging.getLogger("cacao_dryer.gateway.auth")
 
-
-# What each role may do, cumulatively: a technician can do what an operator can, and so on.
-# Managers review and export; technicians change thresholds and overrides; admins everything.
-_GRANTS: dict[Role, set[Role]] = {
-    Role.OPERATOR: {Role.OPERATOR, Role.TECHNICIAN, Role.MANAGER, Role.ADMIN},
-    Role.MANAGER: {Role.MANAGER, Role.ADMIN},
-    Role.TECHNICIAN: {Role.TECHNICIAN, Role.ADMIN},
-    Role.ADMIN: {Role.ADMIN},
-}
+# Answer without a login: monitoring, the login itself, the API's own description, and the
+# dashboard's login page, language switch and static files. Everything else needs a role
+# (tests/test_api_auth.py walks every registered route to prove it).
+PUBLIC_PATHS = frozenset({
+    "/api/health", "/metrics", "/api/auth/login",
+    "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
+    "/login", "/lang/{code}", "/static",
+})
 
 
 @dataclass(frozen=True)
 class Actor:
     username: str
     role: Role
+    language: str | None = None  # the user's saved language (None: not known, e.g. tests)
 
 
 def get_context(request: Request) -> GatewayContext:
@@ -59,18 +76,65 @@ def get_session(context: ContextDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def current_actor(request: Request) -> Actor:
-    actor: Actor | None = getattr(request.app.state, "local_actor", None)
-    if actor is None:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "log in first")
-    return actor
+async def _form_csrf_token(request: Request) -> str | None:
+    """The ``csrf_token`` field of a plain HTML form post (urlencoded), if any."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not changes_state(request.method) or content_type != "application/x-www-form-urlencoded":
+        return None
+    body = await request.body()
+    values = parse_qs(body.decode("utf-8", "replace"), max_num_fields=100)
+    found = values.get(CSRF_FORM_FIELD)
+    return found[0] if found else None
+
+
+def _unauthorized(detail: str, *, bearer: bool = False) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail,
+                         headers={"WWW-Authenticate": "Bearer"} if bearer else None)
+
+
+def current_actor(request: Request, context: ContextDep,
+                  form_csrf: Annotated[str | None, Depends(_form_csrf_token)]) -> Actor:
+    local: Actor | None = getattr(request.app.state, "local_actor", None)
+    if local is not None:
+        return local
+    auth: Auth = request.app.state.auth
+    authorization = request.headers.get("authorization", "")
+    identity: Identity | None
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise _unauthorized("Authorization: use 'Bearer <API token>'", bearer=True)
+        with context.metadata.session() as db:
+            identity = auth.tokens.resolve(db, token.strip())
+        if identity is None:
+            raise _unauthorized("API token unknown, expired or revoked", bearer=True)
+    else:
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if not cookie:
+            raise _unauthorized("log in first (POST /api/auth/login)")
+        with context.metadata.session() as db:
+            identity = auth.sessions.resolve(db, cookie)
+        if identity is None:
+            raise _unauthorized("session expired or ended: log in again")
+        if changes_state(request.method):
+            refusal = origin_refusal(request.headers.get("origin"),
+                                     request.headers.get("referer"),
+                                     request.headers.get("host"), auth.trusted_origins) \
+                or csrf_refusal(identity.csrf_token,
+                                request.headers.get(CSRF_HEADER) or form_csrf)
+            if refusal is not None:
+                log.warning("refused %s %s for %s: %s", request.method, request.url.path,
+                            identity.username, refusal)
+                raise HTTPException(status.HTTP_403_FORBIDDEN, refusal)
+    request.state.identity = identity
+    return Actor(identity.username, identity.role, identity.language)
 
 
 def require(role: Role) -> Callable[..., Actor]:
     """Dependency: the acting user, if their role grants ``role`` (403 otherwise)."""
 
     def check(actor: Annotated[Actor, Depends(current_actor)]) -> Actor:
-        if actor.role not in _GRANTS[role]:
+        if not may(actor.role, role):
             raise HTTPException(status.HTTP_403_FORBIDDEN,
                                 f"{actor.role.value} may not do this (needs {role.value})")
         return actor
@@ -82,3 +146,9 @@ OperatorDep = Annotated[Actor, Depends(require(Role.OPERATOR))]
 TechnicianDep = Annotated[Actor, Depends(require(Role.TECHNICIAN))]
 ManagerDep = Annotated[Actor, Depends(require(Role.MANAGER))]
 AdminDep = Annotated[Actor, Depends(require(Role.ADMIN))]
+
+
+def identity_of(request: Request) -> Identity | None:
+    """How the current request was authenticated (None for a test's local actor)."""
+    return getattr(request.state, "identity", None)
+

@@ -165,6 +165,8 @@ class NodeConfigPush(Base):
     reason: Mapped[str] = mapped_column(String(200))
     issued_at: Mapped[datetime]
     issued_by: Mapped[str] = mapped_column(String(100))
+    stage: Mapped[str | None] = mapped_column(String(16))  # batch stage; null = no batch
+    batch_id: Mapped[str | None] = mapped_column(String(BATCH_ID_LENGTH))
     published_at: Mapped[datetime | None]
     applied_at: Mapped[datetime | None]
     rejected_at: Mapped[datetime | None]
@@ -265,3 +267,33 @@ class AuditEntry(Base):
     old: Mapped[dict[str, Any] | None]
     new: Mapped[dict[str, Any] | None]
     detail: Mapped[str] = mapped_column(String(500), default="")
+
+
+class LoginSession(Base):
+    """A logged-in browser (gateway/auth/sessions.py). Only the SHA-256 of the cookie's token
+    is kept, so a copy of the database does not let anyone in."""
+
+    __tablename__ = "login_sessions"
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.user_id"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)  # sliding; <= absolute
+    absolute_expires_at: Mapped[datetime]
+    client_ip: Mapped[str] = mapped_column(String(45), default="")
+    user_agent: Mapped[str] = mapped_column(String(200), default="")
+
+
+class ApiToken(Base):
+    """A machine's credential (Grafana, an ERP), acting as its user; stored as SHA-256."""
+
+    __tablename__ = "api_tokens"
+    token_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.user_id"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(100))
+    expires_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]

@@ -1,0 +1,53 @@
+"""The audit log for managers: who changed what, when, old → new (gateway/audit.py)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from pydantic import AwareDatetime, BaseModel, Field
+
+from gateway import audit
+from gateway.api.deps import ManagerDep, SessionDep
+
+router = APIRouter(prefix="/api/audit", tags=["audit"])
+
+
+class AuditEntryOut(BaseModel):
+    id: int
+    at: datetime
+    actor: str
+    action: str = Field(description="<resource>.<verb>, e.g. thresholds.update, batch.start")
+    target: str = Field(description="What changed: site/node/… (* = every)")
+    old: dict[str, Any] | None
+    new: dict[str, Any] | None
+    detail: str
+
+
+class AuditPage(BaseModel):
+    total: int = Field(description="Entries matching the filters, on every page")
+    limit: int
+    offset: int
+    entries: list[AuditEntryOut] = Field(description="Newest first")
+
+
+@router.get("", response_model=AuditPage, summary="The audit log, newest first, filtered")
+def list_audit(
+    session: SessionDep, _actor: ManagerDep,
+    since: Annotated[AwareDatetime | None, Query(description="At or after")] = None,
+    until: Annotated[AwareDatetime | None, Query(description="Before")] = None,
+    actor: Annotated[str | None, Query(max_length=100, description="User name")] = None,
+    action: Annotated[str | None, Query(max_length=60, description=(
+        "Exact action, or a prefix ending in '.' (batch.)"))] = None,
+    target: Annotated[str | None, Query(max_length=200, description=(
+        "Target prefix: demo/ = the site, demo/secador-01 = one dryer"))] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> AuditPage:
+    total, entries = audit.query(
+        session, audit.AuditFilter(since=since, until=until, actor=actor, action=action,
+                                   target_prefix=target), limit=limit, offset=offset)
+    return AuditPage(total=total, limit=limit, offset=offset, entries=[
+        AuditEntryOut(id=e.id, at=e.at, actor=e.actor, action=e.action, target=e.target,
+                      old=e.old, new=e.new, detail=e.detail) for e in entries])

@@ -1,0 +1,182 @@
+"""The alert job on real stores: alerts open once, close with hysteresis, are acknowledged,
+announced retained on MQTT, survive restarts, and never duplicate across two gateways."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+from support import wait_for
+from support.gateway_context import gateway_context
+from support.mosquitto import MosquittoBroker, Subscriber
+from support.postgres import PostgresServer
+
+from cacao_dryer.clock import ManualClock
+from cacao_dryer.contract import NodeState, NodeStatus
+from gateway.alert_service import AlertService
+from gateway.api.app import create_app
+from gateway.api.deps import Actor, Role
+from gateway.context import GatewayContext
+from gateway.metadata.models import AlertRecord, AuditEntry
+from gateway.registry import NodeRegistry
+from gateway.timeseries import StoredReading
+
+SITE, NODE = "demo", "secador-01"
+
+
+class Dryer:
+    """Writes one reading per call at the clock's time, as the ingest would."""
+
+    def __init__(self, context: GatewayContext) -> None:
+        self.context = context
+        self.seq = 0
+        self.registry = NodeRegistry(context.metadata, context.clock)
+        self.registry.batch_received([], [NodeStatus(site_id=SITE, node_id=NODE,
+                                                     state=NodeState.ONLINE)], [])
+
+    def reading(self, air_temp_c: float, seq: int | None = None) -> None:
+        self.seq = seq if seq is not None else self.seq + 1
+        reading = StoredReading(site_id=SITE, node_id=NODE, seq=self.seq,
+                                measured_at=self.context.clock.now(),
+                                fields={"air_temp_c": air_temp_c, "air_rh_pct": 40.0},
+                                raining=False, mode="auto")
+        self.context.store.write([reading])
+        self.registry.batch_received([reading], [], [])
+
+    def run(self, service: AlertService, minutes: int, air_temp_c: float) -> None:
+        for _ in range(minutes):
+            self.context.clock.advance(60)
+            self.reading(air_temp_c)
+            service.run_round()
+
+
+def alerts(context: GatewayContext) -> list[AlertRecord]:
+    with context.metadata.session() as session:
+        return list(session.scalars(select(AlertRecord).order_by(AlertRecord.alert_id)))
+
+
+def test_over_temperature_opens_once_and_closes_after_cooling(gateway: GatewayContext) -> None:
+    service = AlertService(gateway)
+    dryer = Dryer(gateway)
+    dryer.run(service, 10, air_temp_c=63.0)
+    dryer.run(service, 10, air_temp_c=63.5)
+    opened = [a for a in alerts(gateway) if a.kind == "over_temperature"]
+    assert len(opened) == 1 and opened[0].closed_at is None
+    assert "63" in opened[0].message
+    dryer.run(service, 30, air_temp_c=50.0)
+    closed = [a for a in alerts(gateway) if a.kind == "over_temperature"]
+    assert len(closed) == 1 and closed[0].closed_at is not None
+
+
+def test_alert_is_announced_retained_on_its_topic(gateway: GatewayContext,
+                                                  mosquitto: MosquittoBroker) -> None:
+    service = AlertService(gateway)
+    Dryer(gateway).run(service, 5, air_temp_c=64.0)
+    subscriber = Subscriber(mosquitto, f"cacao/v1/{SITE}/+/alert/+", "late-dashboard",
+                            persistent=False).start()
+    try:
+        wait_for(lambda: len(subscriber.messages()) >= 1, what="the retained alert")
+        topic_name, payload, retained = subscriber.messages()[0]
+    finally:
+        subscriber.stop()
+    notice = json.loads(payload)
+    assert topic_name == f"cacao/v1/{SITE}/{NODE}/alert/over_temperature" and retained
+    assert notice["state"] == "open" and notice["kind"] == "over_temperature"
+
+
+def test_silent_node_raises_node_offline(gateway: GatewayContext) -> None:
+    service = AlertService(gateway)
+    dryer = Dryer(gateway)
+    dryer.reading(40.0)
+    for _ in range(20):
+        gateway.clock.advance(60)
+        service.run_round()
+    assert [a.kind for a in alerts(gateway)] == ["node_offline"]
+
+
+def test_missing_readings_raise_a_sequence_gap(gateway: GatewayContext) -> None:
+    service = AlertService(gateway)
+    dryer = Dryer(gateway)
+    dryer.reading(40.0, seq=1)
+    dryer.reading(40.0, seq=5)  # 2-4 never arrived
+    dryer.run(service, 15, air_temp_c=40.0)
+    gap = [a for a in alerts(gateway) if a.kind == "sequence_gap"]
+    assert len(gap) == 1 and "2" in gap[0].message
+
+
+def test_waiting_delays_survive_a_gateway_restart(gateway: GatewayContext) -> None:
+    dryer = Dryer(gateway)
+    dryer.run(AlertService(gateway), 1, air_temp_c=63.0)  # over the alarm: delay starts
+    pending = Path(gateway.settings.data_dir) / "alerts-pending.json"
+    assert "over_temperature" in pending.read_text()
+    restarted = AlertService(gateway)
+    dryer.run(restarted, 1, air_temp_c=63.0)  # the 60 s delay has passed across the restart
+    assert [a.kind for a in alerts(gateway)] == ["over_temperature"]
+
+
+def client(context: GatewayContext, role: Role = Role.OPERATOR) -> TestClient:
+    return TestClient(create_app(context, local_actor=Actor("olga", role)))
+
+
+def test_operator_acknowledges_an_alert_once(gateway: GatewayContext) -> None:
+    gateway.alerts = AlertService(gateway)
+    Dryer(gateway).run(gateway.alerts, 5, air_temp_c=64.0)
+    (alert,) = client(gateway).get("/api/alerts").json()
+    response = client(gateway).post(f"/api/alerts/{alert['alert_id']}/ack",
+                                    json={"note": "abrí las ventanas"})
+    assert response.status_code == 200
+    assert response.json()["acknowledged_by"] == "olga"
+    again = client(gateway).post(f"/api/alerts/{alert['alert_id']}/ack", json={})
+    assert again.status_code == 409 and "already acknowledged by olga" in again.json()["detail"]
+    with gateway.metadata.session() as session:
+        entry = session.scalars(select(AuditEntry)).one()
+        assert (entry.actor, entry.action, entry.detail) == ("olga", "alert.acknowledge",
+                                                             "abrí las ventanas")
+
+
+def test_acknowledging_unknown_or_closed_alerts_is_refused(gateway: GatewayContext) -> None:
+    service = AlertService(gateway)
+    dryer = Dryer(gateway)
+    dryer.run(service, 5, air_temp_c=64.0)
+    dryer.run(service, 30, air_temp_c=40.0)
+    (closed,) = client(gateway).get("/api/alerts", params={"state": "closed"}).json()
+    assert client(gateway).post(f"/api/alerts/{closed['alert_id']}/ack",
+                                json={}).status_code == 409
+    missing = client(gateway).post("/api/alerts/999/ack", json={})
+    assert missing.status_code == 404 and missing.json()["detail"] == "alert 999 does not exist"
+
+
+def test_alert_list_filters(gateway: GatewayContext) -> None:
+    service = AlertService(gateway)
+    dryer = Dryer(gateway)
+    dryer.run(service, 5, air_temp_c=64.0)
+    api = client(gateway)
+    assert len(api.get("/api/alerts", params={"kind": "over_temperature"}).json()) == 1
+    assert api.get("/api/alerts", params={"kind": "node_offline"}).json() == []
+    assert api.get("/api/alerts", params={"node_id": "secador-02"}).json() == []
+    assert api.get("/api/alerts", params={"kind": "fire"}).status_code == 422
+
+
+def test_two_gateways_on_one_postgresql_open_one_alert(
+        tmp_path: Path, mosquitto: MosquittoBroker, postgres_server: PostgresServer,
+        clock: ManualClock) -> None:
+    url = postgres_server.create_database()
+    with gateway_context(tmp_path / "a", mosquitto, url, clock) as first, \
+            gateway_context(tmp_path / "b", mosquitto, url, clock) as second:
+        second.store = first.store  # one shared readings store, as with InfluxDB
+        dryer = Dryer(first)
+        services = [AlertService(first), AlertService(second)]
+        for _ in range(5):
+            clock.advance(60)
+            dryer.reading(64.0)
+            for service in services:
+                service.run_round()
+        assert len([a for a in alerts(first) if a.kind == "over_temperature"]) == 1
+
+
+@pytest.mark.parametrize("state", ["open", "closed", "all"])
+def test_alert_list_accepts_each_state(gateway: GatewayContext, state: str) -> None:
+    assert client(gateway).get("/api/alerts", params={"state": state}).status_code == 200
