@@ -229,19 +229,17 @@ def running_batch(session: Session, site_id: str, node_id: str) -> Batch | None:
 
 
 def target_moisture_for(session: Session, site_id: str, node_id: str) -> float:
-    """Target moisture of a dryer's beans [% w.b.]. The built-in default for now (7 %,
-    [ICCO]); the one place to redirect to the dryer's effective thresholds."""
-    return Thresholds().target_moisture_pct_wb
+    """Target moisture of a dryer's beans [% w.b.]: that of ``thresholds_for``."""
+    return thresholds_for(session, site_id, node_id).target_moisture_pct_wb
 
 
 def thresholds_for(session: Session, site_id: str, node_id: str) -> Thresholds:
-    """Thresholds a batch's metrics are judged by (built-in defaults with the target of
-    ``target_moisture_for``)."""
-    defaults = Thresholds()
-    target = target_moisture_for(session, site_id, node_id)
-    if target == defaults.target_moisture_pct_wb:
-        return defaults
-    return defaults.model_copy(update={"target_moisture_pct_wb": target})
+    """Thresholds a batch is judged by: the newest config pushed to the dryer (its profile
+    layers resolved, docs/thresholds.md), else the built-in defaults (7 % target [ICCO])."""
+    from gateway.thresholds import latest_push, pushed_thresholds
+
+    push = latest_push(session, site_id, node_id)
+    return (pushed_thresholds(push) if push is not None else None) or Thresholds()
 
 
 def site_zone(session: Session, site_id: str, fallback: str = "America/Lima") -> ZoneInfo:

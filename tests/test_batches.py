@@ -26,6 +26,7 @@ from cacao_dryer.contract import (
     EventType,
     NodeEvent,
     StartBatchAction,
+    Thresholds,
     decode,
 )
 from cacao_dryer.errors import ConflictError, NotFoundError, PayloadError
@@ -512,3 +513,17 @@ def test_the_flag_filter_refuses_to_scan_too_many_batches(gw: GatewayContext) ->
             gw.metadata.session() as session:
         batches.list_flagged(session, gw.store, BatchFilter(), "overheated", gw.clock.now(),
                              max_scan=2)
+
+
+def test_a_batch_is_judged_by_the_thresholds_pushed_to_its_dryer(gw: GatewayContext) -> None:
+    from gateway.metadata.models import NodeConfigPush
+
+    with gw.metadata.session() as session:
+        assert batches.target_moisture_for(session, SITE, NODE) == 7.0  # built-in default
+        session.add(NodeConfigPush(
+            site_id=SITE, node_id=NODE, version=1, reason="test", issued_by="tomas",
+            issued_at=gw.clock.now(), thresholds=Thresholds(
+                target_moisture_pct_wb=7.5).model_dump()))
+    with gw.metadata.session() as session:
+        assert batches.target_moisture_for(session, SITE, NODE) == 7.5
+        assert batches.thresholds_for(session, SITE, NODE).air_temp_limit_c == 65.0
