@@ -14,8 +14,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from fastapi.testclient import TestClient
+from support.auth import PASSWORD, add_user
 from support.gateway_context import gateway_context
-from support.logins import PASSWORD, add_user
 from support.mosquitto import MosquittoBroker
 
 from cacao_dryer.clock import ManualClock
@@ -190,7 +190,7 @@ def test_a_page_without_a_login_goes_to_the_login_page(gateway: GatewayContext) 
 
 
 def test_a_logged_in_user_sees_pages_in_their_saved_language(gateway: GatewayContext) -> None:
-    add_user(gateway, "tomas", Role.TECHNICIAN, "en")
+    add_user(gateway, "tomas", Role.TECHNICIAN, language="en")
     with client_for(gateway, None) as client:
         login = client.post("/api/auth/login", json={"username": "tomas", "password": PASSWORD})
         assert login.status_code == 200

@@ -15,7 +15,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from support import wait_for
-from support.logins import FAST_HASHING, PASSWORD, add_user
+from support.auth import PASSWORD, QUICK_HASHING, add_user
 from support.mosquitto import MosquittoBroker, free_port
 
 from cacao_dryer.contract import (
@@ -361,7 +361,7 @@ def test_a_reading_published_to_mosquitto_reaches_an_open_stream(
         "mqtt": {"broker": f"mqtt://127.0.0.1:{mosquitto.port}", "client_id": "gw-live"},
         "metadata": {"url": f"sqlite:///{tmp_path / 'metadata.sqlite3'}"},
         "storage": {"kind": "sqlite", "path": str(tmp_path / "readings.sqlite3")},
-        "api": {"port": port, **FAST_HASHING}})
+        "api": {"port": port, **QUICK_HASHING}})
     runtime = GatewayRuntime(settings)
     context = runtime.start()
     add_user(context, "olga", Role.OPERATOR)

@@ -31,7 +31,7 @@ from e2e_support import (
 )
 from playwright.sync_api import BrowserContext, sync_playwright
 from support import wait_for
-from support.logins import FAST_HASHING, add_user
+from support.auth import QUICK_HASHING, add_user
 from support.mosquitto import MosquittoBroker, free_port
 
 from cacao_dryer.clock import AcceleratedClock
@@ -51,12 +51,12 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         "mqtt": {"broker": broker.url, "client_id": "gw-e2e"},
         "metadata": {"url": f"sqlite:///{folder / 'metadata.sqlite3'}"},
         "storage": {"kind": "sqlite", "path": str(folder / "readings.sqlite3")},
-        "api": {"port": port, **FAST_HASHING}})
+        "api": {"port": port, **QUICK_HASHING}})
     # The gateway keeps the simulated node's time. It starts first, so readings are never
     # "in the future" of its last-24-hours window.
     runtime = GatewayRuntime(settings, clock=AcceleratedClock(START, SPEED))
     context = runtime.start()
-    add_user(context, OPERATOR, Role.OPERATOR, "es")
+    add_user(context, OPERATOR, Role.OPERATOR, language="es")
     node_log = folder / "node.log"
     node = subprocess.Popen([sys.executable, "-m", "cacao_dryer.cli", "node", "run",
                              "--config", str(node_config(folder, broker))],

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import tomli_w
 from playwright.sync_api import Browser, BrowserContext, Page
-from support.logins import PASSWORD
+from support.auth import PASSWORD
 from support.mosquitto import MosquittoBroker
 
 from gateway.runtime import GatewayRuntime

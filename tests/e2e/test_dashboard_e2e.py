@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 from e2e_support import ARTIFACTS, DESKTOP, NODE, OPERATOR, PHONE, SITE, System, log_in
 from playwright.sync_api import BrowserContext, Page, expect
-from support.logins import PASSWORD
+from support.auth import PASSWORD
 
 from dashboard.i18n import catalog
 
