@@ -9,7 +9,6 @@ from typing import Any
 
 from cacao_dryer.errors import ConfigError
 from gateway.config import GatewaySettings, InfluxDB1Storage, InfluxDB2Storage, SqliteStorage
-from gateway.ingest import Ingest
 from gateway.timeseries import TimeSeriesStore
 
 log = logging.getLogger("cacao_dryer.gateway")
@@ -40,10 +39,10 @@ def open_store(settings: GatewaySettings) -> TimeSeriesStore:
 
 
 def run_gateway(settings: GatewaySettings) -> None:
-    """Ingest until SIGTERM/SIGINT."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = open_store(settings)
-    ingest = Ingest(settings, store)
+    """Run the whole gateway (ingest, metadata, alerts, thresholds, API) until SIGTERM/SIGINT."""
+    from gateway.runtime import GatewayRuntime
+
+    runtime = GatewayRuntime(settings)
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: Any) -> None:
@@ -52,11 +51,10 @@ def run_gateway(settings: GatewaySettings) -> None:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    ingest.start()
+    runtime.start()
     log.info("gateway ingesting %s from %s into %s", ", ".join(settings.sites),
              settings.mqtt.broker, settings.storage.kind)
     try:
         stop.wait()
     finally:
-        ingest.stop()
-        store.close()
+        runtime.stop()

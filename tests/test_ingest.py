@@ -16,9 +16,10 @@ import pytest
 import tomli_w
 from paho.mqtt.enums import CallbackAPIVersion
 from support import wait_for
-from support.mosquitto import MosquittoBroker
+from support.mosquitto import MosquittoBroker, free_port
 
 from cacao_dryer.contract import Channel, Mode, Telemetry, encode, topic
+from cacao_dryer.errors import CacaoDryerError
 from gateway.config import GatewaySettings, parse_gateway_config
 from gateway.ingest import Ingest
 from gateway.stores.sqlite import SqliteStore
@@ -151,13 +152,17 @@ def test_readings_sent_while_the_gateway_was_stopped_arrive_after_it_restarts(
         second.store.close()
 
 
+@pytest.mark.parametrize("workers", [0, 2])
 def test_sigkilled_gateway_loses_nothing_and_stores_everything_once(tmp_path, mosquitto,
-                                                                    publisher):
+                                                                    publisher, workers):
+    """SIGKILL of the gateway's main process; with workers, they notice and stop without
+    acknowledging more, so the restarted gateway's workers can take their sessions over."""
     config = tmp_path / "gateway.toml"
     config.write_text(tomli_w.dumps({
         "sites": [SITE], "data_dir": str(tmp_path / "gw"),
         "mqtt": {"broker": mosquitto.url, "client_id": "gateway-kill"},
-        "storage": {"kind": "sqlite", "path": "readings.sqlite3"}}))
+        "storage": {"kind": "sqlite", "path": "readings.sqlite3"},
+        "ingest_workers": workers, "api": {"port": free_port()}}))
     command = [sys.executable, "-m", "cacao_dryer.cli", "gateway", "run", "--config",
                str(config)]
     log = (tmp_path / "gateway.log").open("ab")
@@ -173,8 +178,15 @@ def test_sigkilled_gateway_loses_nothing_and_stores_everything_once(tmp_path, mo
         finally:
             store.close()
 
+    telemetry_clients = [f"gateway-kill-w{i}" for i in range(1, workers + 1)] or \
+        ["gateway-kill"]
+
+    def subscribed() -> bool:
+        text = (tmp_path / "gateway.log").read_text(errors="replace")
+        return all(f"MQTT {client} connected" in text for client in telemetry_clients)
+
     try:
-        wait_for(database.exists, 20, "the gateway to open its store")
+        wait_for(subscribed, 60, "the gateway's telemetry subscriptions")
         items = [(telemetry_topic("secador-07"), reading("secador-07", seq))
                  for seq in range(1, 5001)]
         publisher.send_many(items[:2500])
@@ -217,7 +229,77 @@ def test_readings_are_spooled_while_influxdb_is_down_and_written_when_it_is_back
         influxd.start()
         wait_for(lambda: store.seq_ranges(SITE, "secador-08") == [(1, 150)], 30,
                  "the spool written to InfluxDB")
-        assert not (settings.data_dir / "spool.jsonl").exists()
+        # emptied once written out (the file goes right after its last write)
+        wait_for(lambda: not (settings.data_dir / "spool.jsonl").exists(), 10,
+                 "the spool emptied")
     finally:
         service.stop()
         store.close()
+
+
+def test_fast_telemetry_decoding_accepts_and_refuses_exactly_what_the_contract_does():
+    from cacao_dryer.contract import decode_message
+    from gateway.ingest import decode_payload
+
+    valid = reading("secador-09", 3)
+    name = telemetry_topic("secador-09")
+    cases = [
+        valid,
+        valid.replace(b'"schema_version":1,', b""),          # no schema_version
+        valid.replace(b'"seq":3', b'"seq":0'),                # out of range
+        valid.replace(b'"mode":"auto"', b'"mode":"turbo"'),   # unknown mode
+        valid.replace(b"}", b',"extra":1}', 1),                # unknown field
+        valid.replace(b'"secador-09"', b'"secador-10"'),      # names another node
+        b"not json", b"[1]",
+    ]
+    for payload in cases:
+        try:
+            expected = decode_message(name, payload)
+        except CacaoDryerError as exc:
+            with pytest.raises(type(exc)) as caught:
+                decode_payload(name, payload)
+            assert str(caught.value) == str(exc)
+        else:
+            assert decode_payload(name, payload) == expected
+
+
+class RecordingListener:
+    def __init__(self) -> None:
+        self.readings: list = []
+        self.statuses: list = []
+
+    def batch_received(self, readings, statuses, events) -> None:
+        self.readings.extend(readings)
+        self.statuses.extend(statuses)
+
+
+def test_ingest_workers_store_telemetry_and_hand_the_newest_readings_to_the_listener(
+        tmp_path, mosquitto, publisher):
+    from cacao_dryer.contract import NodeState, NodeStatus
+
+    settings = settings_for(tmp_path, mosquitto, ingest_workers=2)
+    settings.data_dir.mkdir(parents=True)
+    listener = RecordingListener()
+    service = Ingest(settings, SqliteStore(settings.storage.path), listener)
+    service.start()
+    try:
+        wait_for(lambda: service.connected, 60, "the gateway and its 2 workers to connect")
+        assert service.subscriptions() == [  # telemetry is the workers'
+            f"cacao/v1/{SITE}/+/status", f"cacao/v1/{SITE}/+/event"]
+        nodes = ["secador-11", "secador-12"]
+        publisher.send_many([(telemetry_topic(node), reading(node, seq))
+                             for seq in range(1, 201) for node in nodes])
+        publisher.send(topic(SITE, "secador-11", Channel.STATUS), encode(NodeStatus(
+            site_id=SITE, node_id="secador-11", state=NodeState.ONLINE)))
+        wait_for(lambda: service.stats.stored == 400, 30, "400 readings counted")
+        wait_for(lambda: {(r.node_id, r.seq) for r in listener.readings} >= {
+            ("secador-11", 200), ("secador-12", 200)}, 10, "the newest readings listened to")
+        wait_for(lambda: [s.node_id for s in listener.statuses] == ["secador-11"], 10,
+                 "the status listened to by the main process")
+        # one reading per node and worker batch, not every reading
+        assert len(listener.readings) < 400
+        for node in nodes:
+            assert service.store.seq_ranges(SITE, node) == [(1, 200)]
+    finally:
+        service.stop()
+        service.store.close()

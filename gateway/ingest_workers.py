@@ -1,0 +1,308 @@
+"""Ingest worker processes: telemetry taken by several processes of one gateway.
+
+One Python process decodes, validates and encodes readings on one core at most; a busy site
+(bench/GATEWAY_RESULTS.md: 20,000 readings/s) needs the second core. With
+``ingest_workers = N`` the gateway starts N worker processes (``spawn``: nothing inherited but
+the settings). Each is a complete ``gateway.ingest.Ingest`` for telemetry only:
+
+- its own MQTT client ``<client_id>-w<i>`` with a persistent session on the shared
+  subscription ``$share/<group>/cacao/v1/<site>/+/telemetry`` (``group`` = ``shared_group``,
+  else one private to this gateway): the broker splits the readings between the workers, and
+  between the workers of every gateway of the same group;
+- its own store connection and its own spool (``spool-w<i>.jsonl``);
+- the same guarantee: acknowledged only once durable, idempotent writes, SIGKILL-safe.
+
+The main process keeps status and events (low rate, retained statuses) and the listener (node
+registry, alerts, live dashboards). After each durable batch a worker sends the main process a
+``WorkerBatch`` — the newest reading of each node in the batch and its counters — and waits for
+the answer before acknowledging: the listener sees every node's latest state with the same
+"recorded before acknowledged" guarantee, for the price of one pipe round trip per batch of
+thousands of readings. The counters keep the gateway's ``IngestStats`` (``/metrics``) whole.
+
+A worker runs with Python's automatic garbage collector off and collects every
+``GC_EVERY_S`` instead: its batches of thousands of young objects kept triggering collections
+that found nothing (the ingest makes no reference cycles), ~25 % of a reading's CPU time.
+
+Lifecycle: workers ignore SIGINT/SIGTERM (systemd and Ctrl-C signal the whole group; the main
+process decides) and stop when told, finishing and acknowledging what they hold. A worker
+whose main process disappears (SIGKILL) stops within a second without acknowledging anything
+more — the broker delivers it again to the restarted gateway — so an orphan never fights the
+restarted gateway's worker over its client id. A worker that dies is started again.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import gc
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from cacao_dryer.contract import Channel, NodeEvent, NodeStatus
+from gateway.config import GatewaySettings
+from gateway.timeseries import StoredReading
+
+log = logging.getLogger("cacao_dryer.gateway")
+
+PARENT_CHECK_S = 0.5     # how often a worker checks that the main process still lives
+STATS_PUSH_S = 1.0       # counters of batches the listener never saw (invalid only) go up
+ANSWER_TIMEOUT_S = 120.0  # a worker waits this long for the main process's listener
+RESTART_MIN_S, RESTART_MAX_S = 1.0, 30.0
+GC_EVERY_S = 5.0         # a worker's full garbage collection (automatic GC is off)
+
+
+@dataclass(frozen=True)
+class WorkerBatch:
+    """What a worker reports after a durable batch (or, with no readings, counters only)."""
+
+    worker: int
+    readings: list[StoredReading]  # the newest reading of each node of the batch
+    received: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    spooled: int = 0
+    store_errors: int = 0
+    invalid: dict[str, int] = field(default_factory=dict)
+    needs_answer: bool = True
+
+
+class WorkerPool:
+    """The main process's side: starts the workers, answers their batches by calling
+    ``on_batch`` (which raises to make the worker retry), restarts a worker that died."""
+
+    def __init__(self, settings: GatewaySettings,
+                 on_batch: Callable[[WorkerBatch], None]) -> None:
+        self.settings = settings
+        self.count = settings.ingest_workers
+        self._on_batch = on_batch
+        self._context = multiprocessing.get_context("spawn")
+        self._stop = self._context.Event()
+        self._connected = [self._context.Event() for _ in range(self.count)]
+        self._processes: list[BaseProcess | None] = [None] * self.count
+        self._connections: list[Connection | None] = [None] * self.count
+        self._restart_at = [0.0] * self.count
+        self._restart_delay = [RESTART_MIN_S] * self.count
+        self._stopping = threading.Event()  # stop() began: no more restarts
+        self._stopped = threading.Event()   # every worker has exited
+        self._process_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._serve, name="ingest-workers",
+                                        daemon=True)
+        self.restarts = 0
+
+    def start(self) -> None:
+        # An interpreter that exits without stop() (a failed start) terminates its daemon
+        # processes: do not start them again meanwhile (atexit runs this before that).
+        atexit.register(self._stopping.set)
+        for index in range(self.count):
+            self._spawn(index)
+        self._thread.start()
+
+    def all_connected(self) -> bool:
+        return all(event.is_set() for event in self._connected)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Tell every worker to finish; answer them until they have exited."""
+        self._stop.set()
+        with self._process_lock:  # no restart check in flight: only this thread reaps now
+            self._stopping.set()
+        deadline = time.monotonic() + timeout
+        for process in self._processes:
+            if process is None:
+                continue
+            process.join(max(0.1, deadline - time.monotonic()))
+            if process.exitcode is None:
+                log.warning("ingest worker %s did not stop in time; terminating it",
+                            process.name)
+                process.terminate()
+                process.join(5)
+        self._stopped.set()
+        self._thread.join(5)
+        for connection in self._connections:
+            if connection is not None:
+                connection.close()
+
+    def _spawn(self, index: int) -> None:
+        parent_end, child_end = self._context.Pipe()
+        process = self._context.Process(
+            target=worker_main, name=f"ingest-worker-{index + 1}",
+            args=(self.settings.model_dump(mode="json"), index, child_end, self._stop,
+                  self._connected[index], logging.getLogger().getEffectiveLevel()),
+            daemon=True)
+        process.start()
+        child_end.close()
+        self._processes[index] = process
+        self._connections[index] = parent_end
+
+    def _serve(self) -> None:
+        """Answer the workers' batches; notice and restart dead workers."""
+        while True:
+            live = [c for c in self._connections if c is not None]
+            sentinels = [p.sentinel for p in self._processes if p is not None]
+            ready = multiprocessing.connection.wait([*live, *sentinels], timeout=0.2)
+            for index, connection in enumerate(self._connections):
+                if connection is not None and connection in ready:
+                    self._answer(index, connection)
+            self._check_processes()
+            if self._stopped.is_set():
+                return
+
+    def _answer(self, index: int, connection: Connection) -> None:
+        try:
+            batch: WorkerBatch = connection.recv()
+        except (EOFError, OSError):
+            connection.close()
+            self._connections[index] = None  # the process check below restarts it
+            return
+        error: str | None = None
+        try:
+            self._on_batch(batch)
+        except Exception as exc:  # the listener failed: the worker retries, unacknowledged
+            error = f"{type(exc).__name__}: {exc}"
+        if batch.needs_answer:
+            with contextlib.suppress(OSError):  # the worker died meanwhile: it is restarted
+                connection.send(error)
+
+    def _check_processes(self) -> None:
+        with self._process_lock:
+            if not self._stopping.is_set():
+                self._restart_dead()
+
+    def _restart_dead(self) -> None:
+        now = time.monotonic()
+        for index, process in enumerate(self._processes):
+            if process is None:
+                if now >= self._restart_at[index]:
+                    log.warning("restarting ingest worker %d", index + 1)
+                    self.restarts += 1
+                    self._spawn(index)
+            elif not process.is_alive():
+                log.error("ingest worker %d exited (code %s); restarting it in %.0f s",
+                          index + 1, process.exitcode, self._restart_delay[index])
+                self._connected[index].clear()
+                connection = self._connections[index]
+                if connection is not None:
+                    connection.close()
+                self._connections[index] = None
+                self._processes[index] = None
+                self._restart_at[index] = now + self._restart_delay[index]
+                self._restart_delay[index] = min(self._restart_delay[index] * 2,
+                                                 RESTART_MAX_S)
+
+
+# --- the worker process -----------------------------------------------------------------------
+
+class MainProcessLink:
+    """The worker's ``IngestListener``: reports each durable batch to the main process and
+    returns once the main process's listener has recorded it (raises otherwise, so the
+    worker's ingest retries and does not acknowledge)."""
+
+    def __init__(self, index: int, connection: Connection) -> None:
+        self.index = index
+        self._connection = connection
+        self._lock = threading.Lock()
+        self._reported: dict[str, Any] = {}
+        self.stats: Any = None  # the worker's IngestStats, set once the ingest exists
+
+    def batch_received(self, readings: Sequence[StoredReading],
+                       statuses: Sequence[NodeStatus], events: Sequence[NodeEvent]) -> None:
+        from gateway.ingest import newest_per_node
+
+        self._report(newest_per_node(readings), needs_answer=True)
+
+    def push_counters(self) -> None:
+        """Counters that changed without a listener call (batches of invalid messages only)."""
+        if self._delta_pending():
+            self._report([], needs_answer=False)
+
+    def _delta_pending(self) -> bool:
+        stats = self.stats
+        return stats is not None and (
+            stats.received != self._reported.get("received", 0)
+            or stats.store_errors != self._reported.get("store_errors", 0))
+
+    def _report(self, readings: list[StoredReading], *, needs_answer: bool) -> None:
+        with self._lock:
+            batch = self._delta(readings, needs_answer)
+            try:
+                self._connection.send(batch)
+                if not needs_answer:
+                    return
+                if not self._connection.poll(ANSWER_TIMEOUT_S):
+                    raise TimeoutError("the main process did not answer")
+                error = self._connection.recv()
+            except (EOFError, OSError) as exc:
+                raise ConnectionError(f"the gateway's main process is gone ({exc!r})") from None
+        if error is not None:
+            raise RuntimeError(f"the main process could not record the batch: {error}")
+
+    def _delta(self, readings: list[StoredReading], needs_answer: bool) -> WorkerBatch:
+        """Counters since the last report (reported once, whatever the answer)."""
+        stats, before = self.stats, self._reported
+        now = {"received": stats.received, "stored": stats.stored,
+               "duplicates": stats.duplicates, "spooled": stats.spooled,
+               "store_errors": stats.store_errors, "invalid": Counter(stats.invalid)}
+        invalid = now["invalid"] - before.get("invalid", Counter())
+        self._reported = now
+        return WorkerBatch(
+            worker=self.index, readings=readings, needs_answer=needs_answer,
+            invalid=dict(invalid),
+            **{key: now[key] - before.get(key, 0) for key in
+               ("received", "stored", "duplicates", "spooled", "store_errors")})
+
+
+def worker_main(settings_data: dict[str, Any], index: int, connection: Connection,
+                stop: Any, connected: Any, log_level: int) -> None:
+    """A worker process: telemetry on the shared subscription until ``stop`` is set or the
+    main process is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s %(name)s "
+                        f"[worker {index + 1}]: %(message)s")
+    from gateway.ingest import Ingest, share_name
+    from gateway.service import open_store
+
+    settings = GatewaySettings.model_validate(settings_data)
+    parent = os.getppid()
+    link = MainProcessLink(index, connection)
+    store = open_store(settings)
+    ingest = Ingest(settings, store, link, channels=(Channel.TELEMETRY,),
+                    client_id=f"{settings.mqtt.client_id}-w{index + 1}",
+                    shared_group=share_name(settings),
+                    spool_path=settings.data_dir / f"spool-w{index + 1}.jsonl")
+    link.stats = ingest.stats
+    # The automatic garbage collector costs ~25 % of a reading's CPU here (a batch of
+    # thousands of young pydantic objects keeps triggering collections that find nothing: the
+    # ingest makes no reference cycles). A worker does nothing else, so it collects on a
+    # clock instead; whatever cyclic garbage there is lives at most GC_EVERY_S.
+    gc.disable()
+    last_collect = time.monotonic()
+    ingest.start()
+    try:
+        while not stop.wait(PARENT_CHECK_S):
+            if time.monotonic() - last_collect >= GC_EVERY_S:
+                gc.collect()
+                last_collect = time.monotonic()
+            if os.getppid() != parent:
+                log.error("the gateway's main process is gone: stopping without "
+                          "acknowledging more")
+                break
+            if ingest.connected:
+                connected.set()
+            else:
+                connected.clear()
+            link.push_counters()
+    finally:
+        ingest.stop()
+        store.close()
+        connected.clear()
