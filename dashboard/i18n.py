@@ -1,7 +1,8 @@
 """Translations and locale formatting for the dashboard.
 
-Every text a person reads is in ``dashboard/i18n/<language>.json``: one flat object of
-``key → text`` per language, the same keys in each (a test holds them equal and checks every
+Every text a person reads is in ``dashboard/i18n/<language>.json`` (shared texts) and
+``dashboard/i18n/<area>/<language>.json`` (one page area's): flat objects of ``key → text`` per
+language, the same keys in each (a test holds them equal and checks every
 key the templates and scripts use). ``{name}`` in a text is replaced by a parameter.
 
 Each catalog also carries how its language writes numbers and dates (``meta.*`` keys): the
@@ -54,10 +55,27 @@ def dynamic_keys() -> set[str]:
 
 @cache
 def catalog(language: str) -> Mapping[str, str]:
-    """The texts of ``language`` (read once per process); ConfigError if the file is broken."""
+    """The texts of ``language`` (read once per process); ConfigError if a file is broken.
+
+    ``i18n/<language>.json`` holds the shared texts; each page area may keep its own in
+    ``i18n/<area>/<language>.json`` (one file per area keeps edits apart). A key defined in
+    two files is an error, so no text silently wins over another.
+    """
     if language not in LANGUAGES:
         raise ConfigError(f"dashboard language {language!r}: not one of {', '.join(LANGUAGES)}")
-    path = CATALOG_DIR / f"{language}.json"
+    paths = [CATALOG_DIR / f"{language}.json",
+             *sorted(CATALOG_DIR.glob(f"*/{language}.json"))]
+    texts: dict[str, str] = {}
+    origin: dict[str, Path] = {}
+    for path in paths:
+        for key, text in _read_catalog_file(path).items():
+            if key in texts:
+                raise ConfigError(f"{path}: key {key!r} is already defined in {origin[key]}")
+            texts[key], origin[key] = text, path
+    return texts
+
+
+def _read_catalog_file(path: Path) -> dict[str, str]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:

@@ -10,8 +10,12 @@ the event stream, and the redirect of a page request without a login to /login.
 
 from __future__ import annotations
 
+import importlib
 import json
+import pkgutil
 from dataclasses import dataclass
+from functools import cache
+from types import ModuleType
 from typing import Any
 from urllib.parse import quote
 
@@ -68,12 +72,31 @@ class NavItem:
     path: str
     label_key: str
     role: Role  # the least role that sees it
+    order: int = 100  # place in the navigation bar, smallest first
 
 
-# The pages in the navigation, in order. Batches, thresholds and reports join in the next round.
+# The pages of this module in the navigation; each module of ``dashboard.pages`` adds its own
+# (a ``router`` and a ``NAV`` tuple), so a page area lives in one module.
 NAV: tuple[NavItem, ...] = (
-    NavItem("/", "nav.overview", Role.OPERATOR),
+    NavItem("/", "nav.overview", Role.OPERATOR, order=10),
 )
+
+
+@cache
+def page_modules() -> tuple[ModuleType, ...]:
+    """The page areas under ``dashboard/pages/`` (imported on first use: they import this
+    module for ``render``)."""
+    import dashboard.pages as package
+
+    return tuple(importlib.import_module(f"{package.__name__}.{info.name}")
+                 for info in sorted(pkgutil.iter_modules(package.__path__),
+                                    key=lambda info: info.name))
+
+
+@cache
+def all_nav() -> tuple[NavItem, ...]:
+    items = [*NAV, *(item for module in page_modules() for item in getattr(module, "NAV", ()))]
+    return tuple(sorted(items, key=lambda item: (item.order, item.path)))
 
 
 def allowed(actor: Actor, role: Role) -> bool:
@@ -85,10 +108,10 @@ def allowed(actor: Actor, role: Role) -> bool:
     return True
 
 
-def nav_for(actor: Actor | None, items: tuple[NavItem, ...] = NAV) -> list[NavItem]:
+def nav_for(actor: Actor | None, items: tuple[NavItem, ...] | None = None) -> list[NavItem]:
     if actor is None:
         return []
-    return [item for item in items if allowed(actor, item.role)]
+    return [item for item in (all_nav() if items is None else items) if allowed(actor, item.role)]
 
 
 def safe_next(target: str | None) -> str:
@@ -215,6 +238,8 @@ async def _page_errors(request: Request, exc: StarletteHTTPException) -> Respons
 def install(app: FastAPI) -> None:
     """Add the dashboard to the gateway's app (gateway.api.app.create_app calls this)."""
     app.include_router(router)
+    for module in page_modules():
+        app.include_router(module.router)
     app.mount("/static", CachedStaticFiles(ASSETS), name="static")
     # Pages, scripts and JSON shrink 3-10x for weak links; the event stream is left alone
     # (Starlette excludes text/event-stream), so live messages are never held in a buffer.

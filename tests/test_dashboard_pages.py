@@ -21,7 +21,7 @@ from support.mosquitto import MosquittoBroker
 from cacao_dryer.clock import ManualClock
 from dashboard import i18n
 from dashboard.i18n import catalog, dynamic_keys, format_datetime, format_number
-from dashboard.web import NAV, NavItem, nav_for, safe_next
+from dashboard.web import NAV, NavItem, all_nav, nav_for, safe_next
 from gateway.api.app import LOCAL_ADMIN, create_app
 from gateway.api.deps import Actor, Role
 from gateway.context import GatewayContext
@@ -232,7 +232,8 @@ def test_navigation_shows_what_the_role_may_open() -> None:
     assert [i.path for i in nav_for(Actor("m", Role.MANAGER), items)] == ["/", "/reports"]
     assert len(nav_for(Actor("a", Role.ADMIN), items)) == 3
     assert nav_for(None, items) == []
-    assert [i.path for i in nav_for(Actor("o", Role.OPERATOR))] == [i.path for i in NAV]
+    assert [i.path for i in nav_for(Actor("a", Role.ADMIN))] == [i.path for i in all_nav()]
+    assert set(NAV) <= set(all_nav())  # the page modules' items join the core ones
 
 
 # --- static files ---------------------------------------------------------------------------
@@ -336,8 +337,8 @@ def used_keys() -> set[str]:
     """Every quoted text key in the templates, the scripts and the page code whose namespace
     (the part before the dot) is a catalog namespace (file names like "node.html" are not)."""
     namespaces = {key.split(".")[0] for key in catalog("es")}
-    sources = [*(ROOT / "templates").glob("*.html"), *(ROOT / "static" / "js").glob("*.js"),
-               ROOT / "web.py"]
+    sources = [*(ROOT / "templates").rglob("*.html"), *(ROOT / "static" / "js").rglob("*.js"),
+               ROOT / "web.py", *(ROOT / "pages").glob("*.py")]
     keys = set()
     for path in sources:
         keys |= {k for k in KEY_LITERAL.findall(path.read_text(encoding="utf-8"))
@@ -384,6 +385,26 @@ def test_a_broken_catalog_is_a_one_line_config_error() -> None:
 
     with pytest.raises(ConfigError, match="not one of es, en"):
         catalog("xx")
+
+
+def test_a_key_defined_in_two_catalog_files_is_refused(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from cacao_dryer.errors import ConfigError
+
+    (tmp_path / "es.json").write_text('{"app.name": "Secador"}', encoding="utf-8")
+    (tmp_path / "batches").mkdir()
+    (tmp_path / "batches" / "es.json").write_text('{"app.name": "Otro"}', encoding="utf-8")
+    monkeypatch.setattr(i18n, "CATALOG_DIR", tmp_path)
+    catalog.cache_clear()
+    try:
+        with pytest.raises(ConfigError, match=r"batches/es\.json: key 'app\.name' is already"):
+            catalog("es")
+        (tmp_path / "batches" / "es.json").write_text('{"batch.title": "Lotes"}',
+                                                      encoding="utf-8")
+        catalog.cache_clear()
+        assert catalog("es") == {"app.name": "Secador", "batch.title": "Lotes"}
+    finally:
+        catalog.cache_clear()
 
 
 # --- formatting helpers ---------------------------------------------------------------------
