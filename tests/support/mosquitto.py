@@ -59,13 +59,29 @@ def make_self_signed_cert(folder: Path) -> tuple[Path, Path]:
 class MosquittoBroker:
     """A private ``mosquitto`` process; ``users`` creates a password file (no anonymous access),
     ``acl`` is the text of an ACL file (``reload()`` re-reads it), ``tls`` = (cert, key),
-    ``extra`` more config lines."""
+    ``extra`` more config lines.
+
+    ``config`` is a complete config file's text instead (e.g. the shipped
+    deploy/mosquitto/cacao-dryer.conf with its paths and ports replaced): written as is, and
+    ``port`` (required with it) is the listener ``start()`` waits for. The other options are
+    then ignored, and ``log_tail`` reads ``log_file`` (pass the file the config logs to)."""
 
     def __init__(self, folder: Path, *, users: dict[str, str] | None = None,
                  acl: str | None = None, tls: tuple[Path, Path] | None = None,
-                 extra: tuple[str, ...] = ()) -> None:
+                 extra: tuple[str, ...] = (), config: str | None = None,
+                 port: int | None = None, log_file: Path | None = None) -> None:
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._process: subprocess.Popen[bytes] | None = None
+        if config is not None:
+            assert port is not None, "a complete config needs the port to wait for"
+            self.port = port
+            self.tls = tls is not None
+            self.log_file = log_file or folder / "mosquitto.log"
+            self.acl_file = None
+            self.config_file = folder / "mosquitto.conf"
+            self.config_file.write_text(config, encoding="utf-8")
+            return
         self.port = free_port()
         self.tls = tls is not None
         self.log_file = folder / "mosquitto.log"
