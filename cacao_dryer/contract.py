@@ -21,9 +21,11 @@ from pydantic import (
     Field,
     ValidationError,
     create_model,
+    field_validator,
     model_validator,
 )
 
+from cacao_dryer.calibration import MAX_POINTS, MIN_POINTS, check_curve
 from cacao_dryer.errors import PayloadError, TopicError
 from cacao_dryer.measurements import MEASUREMENTS
 
@@ -384,8 +386,30 @@ class TareTrayAction(BaseModel):
     type: Literal["tare_tray"] = "tare_tray"
 
 
+class SetCalibrationAction(BaseModel):
+    """A new calibration curve for the node's bean-moisture probe, used from the next reading
+    on and kept across restarts (it then overrides the config file's curve for that probe).
+    Checked like the config file's ``calibration``: 2..20 points, volts strictly increasing,
+    moisture within 0..80 % w.b."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    type: Literal["set_calibration"] = "set_calibration"
+    sensor: Identifier | None = Field(
+        None, description="The probe's name in the node config; omitted = the node's probe "
+        "(a node has at most one)")
+    points: list[tuple[float, float]] = Field(
+        min_length=MIN_POINTS, max_length=MAX_POINTS,
+        description="[[volts, moisture_pct_wb], ...], volts strictly increasing [V, % w.b.]")
+
+    @field_validator("points")
+    @classmethod
+    def _curve(cls, points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        return check_curve(points)
+
+
 CommandAction = Annotated[
-    OverrideAction | ClearOverrideAction | StartBatchAction | EndBatchAction | TareTrayAction,
+    OverrideAction | ClearOverrideAction | StartBatchAction | EndBatchAction | TareTrayAction
+    | SetCalibrationAction,
     Field(discriminator="type"),
 ]
 

@@ -36,6 +36,7 @@ from cacao_dryer.contract import (
     NodeStatus,
     OverrideAction,
     Readings,
+    SetCalibrationAction,
     StartBatchAction,
     TareTrayAction,
     Telemetry,
@@ -56,9 +57,10 @@ from firmware.control import (
     Override,
     decide,
 )
+from firmware.drivers.moisture_probe import MoistureProbe
 from firmware.hardware import DryerHardware
 from firmware.outbox import Outbox
-from firmware.state_store import BatchInfo, StateStore
+from firmware.state_store import BatchInfo, StateStore, StoredCalibration
 from firmware.watchdog import SystemdNotifier
 
 log = logging.getLogger("cacao_dryer.node")
@@ -119,6 +121,8 @@ class NodeAgent:
         tare = store.load_tare_offset()
         if tare is not None and hardware.tray is not None:
             hardware.tray.tare_offset_counts = tare
+        self.calibration_source = "config"  # or "gateway": where the probe's curve came from
+        self._restore_calibration(store.load_calibration())
         self.override: Override | None = None
         self.state = ControllerState.initial(clock.now())
         self.last_decision: Decision | None = None
@@ -198,9 +202,11 @@ class NodeAgent:
         settings = self.settings
         sample_every = timedelta(seconds=settings.sample_interval_s)
         status_every = timedelta(seconds=settings.status_interval_s)
+        boot: dict[str, Any] = {"boot_id": self.boot_id, "config_version": self.config_version}
+        if (calibration := self.probe_calibration()) is not None:
+            boot["probe_calibration"] = calibration
         self._guarded(self.emit, EventType.BOOT, f"node started (firmware {__version__}, "
-                      f"config version {self.config_version})",
-                      {"boot_id": self.boot_id, "config_version": self.config_version})
+                      f"config version {self.config_version})", boot)
         self._watchdog.notify("READY=1")
         now = self.clock.now()
         next_sample, next_status = now, now + status_every
@@ -510,8 +516,11 @@ class NodeAgent:
                       {"command_id": command.command_id, "ok": False,
                        "action": command.action.type})
             return
-        self.emit(EventType.COMMAND_RESULT, result,
-                  {"command_id": command.command_id, "ok": True, "action": command.action.type})
+        data: dict[str, Any] = {"command_id": command.command_id, "ok": True,
+                                "action": command.action.type}
+        if isinstance(command.action, SetCalibrationAction):
+            data["probe_calibration"] = self.probe_calibration()
+        self.emit(EventType.COMMAND_RESULT, result, data)
 
     def _execute(self, command: Command, now: datetime) -> str:
         if command.expires_at is not None and now > command.expires_at:
@@ -545,6 +554,8 @@ class NodeAgent:
             self.hardware.tray.tare()
             self.store.save_tare_offset(self.hardware.tray.tare_offset_counts)
             return "tray tared"
+        if isinstance(action, SetCalibrationAction):
+            return self.set_calibration(action, command.command_id, now)
         raise CommandRejected(f"unknown action {action!r}")
 
     def start_batch(self, action: StartBatchAction, now: datetime) -> str:
@@ -570,6 +581,52 @@ class NodeAgent:
                   {"batch_id": action.batch_id, "initial_tray_mass_kg": mass,
                    "initial_moisture_pct_wb": action.initial_moisture_pct_wb})
         return text
+
+    # --- moisture-probe calibration -----------------------------------------------------------
+
+    def _probe(self) -> MoistureProbe | None:
+        probe = self.hardware.moisture_probe
+        return probe if isinstance(probe, MoistureProbe) else None
+
+    def probe_calibration(self) -> dict[str, Any] | None:
+        """The probe's curve in use and where it came from (boot and command_result events
+        carry it, so the gateway knows the curve a new calibration starts from)."""
+        probe = self._probe()
+        if probe is None:
+            return None
+        return {"sensor": probe.name, "points": [list(p) for p in probe.calibration],
+                "source": self.calibration_source}
+
+    def _restore_calibration(self, stored: StoredCalibration | None) -> None:
+        """A curve the gateway sent before a restart wins over the config file's, for the
+        same probe; a probe renamed or removed in the config file keeps the file's curve."""
+        if stored is None:
+            return
+        probe = self._probe()
+        if probe is None or probe.name != stored.sensor:
+            log.warning("stored calibration is for probe %r, which this config does not have: "
+                        "using the config file's curve", stored.sensor)
+            return
+        probe.set_calibration(stored.points)
+        self.calibration_source = "gateway"
+
+    def set_calibration(self, action: SetCalibrationAction, command_id: str,
+                        now: datetime) -> str:
+        """Persist first, then use: a curve the node reports as applied survives a power cut."""
+        probe = self._probe()
+        if probe is None:
+            raise CommandRejected("this node has no moisture probe")
+        if action.sensor is not None and action.sensor != probe.name:
+            raise CommandRejected(f"this node's moisture probe is {probe.name!r}, "
+                                  f"not {action.sensor!r}")
+        self.store.save_calibration(StoredCalibration(
+            sensor=probe.name, points=list(action.points), command_id=command_id,
+            applied_at=now))
+        probe.set_calibration(action.points)
+        self.calibration_source = "gateway"
+        first, last = action.points[0], action.points[-1]
+        return (f"probe {probe.name} calibrated: {len(action.points)} points, "
+                f"{first[0]:g} V = {first[1]:g} % to {last[0]:g} V = {last[1]:g} %")
 
     def shutdown(self) -> None:
         """Leave the dryer safe (see DryerHardware.close) and say goodbye."""

@@ -7,7 +7,6 @@ Raspberry Pi 40-pin header.
 
 from __future__ import annotations
 
-import itertools
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
@@ -15,6 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cacao_dryer.calibration import check_curve
 from cacao_dryer.contract import Identifier, Thresholds
 from cacao_dryer.errors import ConfigError
 
@@ -74,14 +74,7 @@ class MoistureProbeConfig(_Section):
     @field_validator("calibration")
     @classmethod
     def _curve(cls, points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-        if len(points) < 2:
-            raise ValueError("calibration needs at least two [volts, moisture_pct_wb] points")
-        volts = [v for v, _ in points]
-        if any(b <= a for a, b in itertools.pairwise(volts)):
-            raise ValueError("calibration volts must be strictly increasing")
-        if any(not 0 <= m <= 80 for _, m in points):
-            raise ValueError("calibration moisture must be within 0..80 % w.b.")
-        return points
+        return check_curve(points)  # the same rules as a set_calibration command
 
 
 class LoadCellTrayConfig(_Section):

@@ -1,7 +1,8 @@
-"""What a node remembers across restarts besides its outbox: the last good threshold config
-and the batch in the dryer. Small JSON files, written atomically (temp file, fsync, rename), so
-a power cut leaves either the old or the new file, never half of one. A file that is
-unreadable anyway (a damaged SD card) is moved aside and reported, never a reason not to run.
+"""What a node remembers across restarts besides its outbox: the last good threshold config,
+the batch in the dryer, the tray's tare and the probe calibration sent by the gateway. Small
+JSON files, written atomically (temp file, fsync, rename), so a power cut leaves either the old
+or the new file, never half of one. A file that is unreadable anyway (a damaged SD card) is
+moved aside and reported, never a reason not to run.
 """
 
 from __future__ import annotations
@@ -15,7 +16,19 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from cacao_dryer.calibration import check_curve
 from cacao_dryer.contract import NodeConfig
+
+
+@dataclass(frozen=True)
+class StoredCalibration:
+    """A moisture-probe curve the gateway sent (``set_calibration``): it overrides the config
+    file's curve of the probe named ``sensor``, and only of that one."""
+
+    sensor: str
+    points: list[tuple[float, float]]
+    command_id: str
+    applied_at: datetime
 
 
 @dataclass(frozen=True)
@@ -46,14 +59,17 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 class StateStore:
     """Files under the node's data_dir: ``config.json`` (last applied NodeConfig),
-    ``batch.json`` (current batch, absent when the dryer is empty) and ``tray.json`` (the
-    load-cell tare taken on site, which overrides the config file's offset)."""
+    ``batch.json`` (current batch, absent when the dryer is empty), ``tray.json`` (the
+    load-cell tare taken on site, which overrides the config file's offset) and
+    ``calibration.json`` (the moisture-probe curve the gateway sent, which overrides the
+    config file's curve of the same probe)."""
 
     def __init__(self, data_dir: Path) -> None:
         self.set_aside: list[str] = []  # one line per unreadable file moved out of the way
         self._config_path = data_dir / "config.json"
         self._batch_path = data_dir / "batch.json"
         self._tray_path = data_dir / "tray.json"
+        self._calibration_path = data_dir / "calibration.json"
         self._sim_time_path = data_dir / "simulated-time.txt"
 
     def load_simulated_time(self) -> datetime | None:
@@ -78,6 +94,25 @@ class StateStore:
 
     def save_tare_offset(self, counts: float) -> None:
         write_atomically(self._tray_path, json.dumps({"tare_offset_counts": counts}).encode())
+
+    def load_calibration(self) -> StoredCalibration | None:
+        if not self._calibration_path.exists():
+            return None
+        try:
+            raw = json.loads(self._calibration_path.read_text())
+            return StoredCalibration(
+                sensor=str(raw["sensor"]),
+                points=check_curve([(float(v), float(m)) for v, m in raw["points"]]),
+                command_id=str(raw["command_id"]),
+                applied_at=datetime.fromisoformat(raw["applied_at"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            self._set_aside(self._calibration_path, "stored probe calibration", exc)
+            return None
+
+    def save_calibration(self, calibration: StoredCalibration) -> None:
+        raw = asdict(calibration) | {"applied_at": calibration.applied_at.isoformat(),
+                                     "points": [list(p) for p in calibration.points]}
+        write_atomically(self._calibration_path, json.dumps(raw, indent=1).encode())
 
     def _set_aside(self, path: Path, what: str, error: Exception) -> None:
         """An unreadable file (SD card damaged by a power cut) must not stop the node from

@@ -7,8 +7,8 @@ messages it records, in one transaction and before the messages are acknowledged
 - when each node was last heard from, and its state (online/offline, from the retained status
   and the Last Will), health and firmware,
 - every event exactly once (by site, node and the event's own ``seq``; a replay or a
-  redelivery inserts nothing), and hands new config acks and batch events to the thresholds
-  and batches services.
+  redelivery inserts nothing), and hands new config acks, batch events and command results
+  to the thresholds, batches and calibration services.
 
 A failure raises, so the ingest retries the whole batch: nothing is acknowledged that is not
 recorded. Several gateways may record into one PostgreSQL at the same time; inserts are
@@ -110,6 +110,11 @@ class NodeRegistry:
             record_batch_event(session, event.site_id, event.node_id, event.type.value,
                                batch_id if isinstance(batch_id, str) else None, event.data,
                                event.occurred_at)
+        elif event.type is EventType.COMMAND_RESULT:
+            from gateway.calibration import record_command_result
+
+            record_command_result(session, event.site_id, event.node_id, event.data,
+                                  event.message, event.occurred_at)
 
 
 def ensure_nodes(session: Session, keys: set[tuple[str, str]], now: datetime,

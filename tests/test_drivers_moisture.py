@@ -7,15 +7,11 @@ from chip_fakes import ScriptedAdc
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cacao_dryer.calibration import fit_calibration, volts_to_moisture_pct_wb
 from cacao_dryer.errors import ConfigError, SensorError, SensorFault
 from firmware.config import MoistureProbeConfig
 from firmware.drivers.base import MoistureReading
-from firmware.drivers.moisture_probe import (
-    READS_PER_SAMPLE,
-    MoistureProbe,
-    fit_calibration,
-    volts_to_moisture_pct_wb,
-)
+from firmware.drivers.moisture_probe import READS_PER_SAMPLE, MoistureProbe
 
 # A capacitive probe: the wetter the beans, the lower the voltage.
 CURVE = [(1.0, 60.0), (2.0, 20.0), (3.0, 10.0)]

@@ -24,7 +24,7 @@ from gateway.timeseries import StoreUnavailable
 
 # One module per resource; each has ``router``. Listed here so the OpenAPI schema is complete.
 ROUTERS = ("health", "nodes", "readings", "alerts", "batches", "thresholds", "audit",
-           "metrics", "live", "auth", "users")
+           "metrics", "live", "auth", "users", "calibration")
 
 
 def _one_line(exc: Exception) -> str:

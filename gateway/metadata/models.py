@@ -297,3 +297,28 @@ class ApiToken(Base):
     created_by: Mapped[str] = mapped_column(String(100))
     expires_at: Mapped[datetime | None]
     last_used_at: Mapped[datetime | None]
+
+
+class Calibration(Base):
+    """A moisture-probe calibration fitted from hand-meter readings and sent to a node
+    (gateway/calibration.py); ``applied`` is the node's answer: null = no answer yet."""
+
+    __tablename__ = "calibrations"
+    __table_args__ = (
+        ForeignKeyConstraint(["site_id", "node_id"], ["nodes.site_id", "nodes.node_id"]),
+        Index("ix_calibrations_node_time", "site_id", "node_id", "created_at"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    site_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    node_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    sensor: Mapped[str | None] = mapped_column(String(ID_LENGTH))  # null: the node's probe
+    points: Mapped[list[Any]] = mapped_column(JSON)   # [[volts, moisture_pct_wb], ...] sent
+    pairs: Mapped[list[Any]] = mapped_column(JSON)    # the readings it was fitted from
+    comment: Mapped[str] = mapped_column(String(500), default="")
+    created_by: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime]
+    command_id: Mapped[str] = mapped_column(String(64), unique=True)
+    delivered_to_broker: Mapped[bool] = mapped_column(Boolean, default=False)
+    applied: Mapped[bool | None] = mapped_column(Boolean)
+    applied_at: Mapped[datetime | None]   # when the node answered (applied or rejected)
+    node_message: Mapped[str | None] = mapped_column(String(500))

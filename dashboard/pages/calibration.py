@@ -1,0 +1,39 @@
+"""The moisture-probe calibration page (technician and up): choose a dryer, type hand-meter
+readings (or take a batch's spot checks), preview the new curve against the current one, save
+and send it, and watch the node apply it. The page script does all of it through
+``/api/calibration/...`` (gateway/api/routes/calibration.py)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
+from sqlalchemy import select
+
+from dashboard.web import NavItem, _language, _site_name, render
+from gateway.api.deps import ContextDep, Role, SessionDep, TechnicianDep
+from gateway.metadata.models import Node
+
+router = APIRouter(include_in_schema=False)
+
+NAV: tuple[NavItem, ...] = (
+    NavItem("/calibration", "nav.calibration", Role.TECHNICIAN, order=50),
+)
+
+
+@router.get("/calibration", response_class=HTMLResponse)
+def calibration_page(request: Request, context: ContextDep, session: SessionDep,
+                     actor: TechnicianDep, site_id: str | None = None,
+                     node_id: str | None = None) -> HTMLResponse:
+    nodes = [{"site_id": node.site_id, "node_id": node.node_id,
+              "name": node.name or node.node_id}
+             for node in session.scalars(select(Node).order_by(Node.site_id, Node.node_id))]
+    keys = {(n["site_id"], n["node_id"]) for n in nodes}
+    chosen = (site_id, node_id) if (site_id, node_id) in keys else None
+    if chosen is None and len(nodes) == 1:
+        chosen = (nodes[0]["site_id"], nodes[0]["node_id"])
+    selected = f"{chosen[0]}/{chosen[1]}" if chosen else ""
+    return render(request, "calibration/calibration.html",
+                  language=_language(request, actor), actor=actor, context=context,
+                  site_name=_site_name(context, session), page="calibration",
+                  title_key="calibration.title", extra={"selected": selected},
+                  view={"nodes": nodes})
