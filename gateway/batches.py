@@ -590,6 +590,20 @@ def batch_series(store: TimeSeriesStore, batch: Batch, fields: Sequence[str],
     return store.series(batch.site_id, batch.node_id, start, end, list(fields), every_s)
 
 
+def batch_events(session: Session, batch: Batch, now: datetime,
+                 limit: int = 200) -> list[NodeEventRecord]:
+    """The dryer's events while the batch ran ([start, end], running: up to now plus the
+    clock tolerance), newest first."""
+    start, end = batch_span(batch, now)
+    return list(session.scalars(
+        select(NodeEventRecord)
+        .where(NodeEventRecord.site_id == batch.site_id,
+               NodeEventRecord.node_id == batch.node_id,
+               NodeEventRecord.occurred_at >= start, NodeEventRecord.occurred_at <= end)
+        .order_by(NodeEventRecord.occurred_at.desc(), NodeEventRecord.seq.desc())
+        .limit(limit)))
+
+
 def progress(session: Session, store: TimeSeriesStore, batch: Batch, now: datetime,
              checks: Sequence[SpotCheck] = ()) -> Progress:
     """Where the beans are: the final moisture once given, else the newest of the last

@@ -8,17 +8,20 @@ import csv
 import io
 import logging
 from collections.abc import Iterable, Iterator
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Query
 from fastapi.responses import StreamingResponse
 from pydantic import AwareDatetime, BaseModel, Field
+from sqlalchemy.orm import Session
 
 from cacao_dryer.errors import PayloadError
 from cacao_dryer.measurements import MEASUREMENTS_BY_KEY
 from gateway import batches as service
 from gateway.api.deps import ContextDep, ManagerDep, OperatorDep, SessionDep
+from gateway.api.routes.nodes import NodeEventOut
+from gateway.api.routes.readings import SERIES_FIELDS, UNITS, choose_bucket_s
 from gateway.context import GatewayContext
 from gateway.metadata.models import Batch, SpotCheck
 
@@ -232,27 +235,6 @@ def list_batches(session: SessionDep, context: ContextDep, _actor: OperatorDep,
                      items=[BatchOut.of(batch, now) for batch in page])
 
 
-@router.get("/{batch_id}", response_model=BatchDetail,
-            summary="One batch: record, spot checks, current moisture, progress, node side")
-def batch_detail(batch_id: str, session: SessionDep, context: ContextDep,
-                 _actor: OperatorDep) -> BatchDetail:
-    now = context.clock.now()
-    batch = service.get_batch(session, batch_id)
-    checks = service.spot_checks(session, batch_id)
-    progress = service.progress(session, context.store, batch, now, checks)
-    node = service.node_view(session, batch, now)
-    return BatchDetail(
-        **BatchOut.of(batch, now).model_dump(),
-        spot_checks=[SpotCheckOut.of(check) for check in checks],
-        target_moisture_pct_wb=progress.target_moisture_pct_wb,
-        current_moisture_pct_wb=progress.current_moisture_pct_wb,
-        current_moisture_at=progress.current_moisture_at,
-        current_moisture_source=progress.current_moisture_source,
-        progress_pct=progress.progress_pct,
-        node=NodeSideOut(started_at=node.started_at, ended_at=node.ended_at,
-                         commands=[NodeCommandOut(**vars(c)) for c in node.commands]))
-
-
 # --- analysis ---------------------------------------------------------------------------------
 
 class PageFitOut(BaseModel):
@@ -385,6 +367,152 @@ def end_suggestion(batch_id: str, session: SessionDep, context: ContextDep,
                             hold_h=advice.hold_h, source=advice.source)
 
 
+# --- what the dashboard's batch pages draw -----------------------------------------------------
+
+CHART_FIELDS = ("air_temp_c", "air_rh_pct", "bean_moisture_pct_wb")
+MAX_COMPARE = 4
+COMPARE_POINTS = 500   # per batch: enough for a curve on a phone, ~10 kB of JSON each
+
+
+class ReferenceLines(BaseModel):
+    """The dryer's thresholds the batch is judged by, drawn as lines on its charts."""
+
+    target_moisture_pct_wb: float
+    air_temp_alarm_c: float
+    air_temp_limit_c: float
+
+
+class BatchSeriesOut(BaseModel):
+    batch_id: str
+    site_id: str
+    node_id: str
+    start: datetime = Field(description="The batch's start")
+    end: datetime = Field(description="Its end; running: now (plus 5 min for node clocks)")
+    every_s: float = Field(description="Readings were averaged over buckets this wide [s]")
+    fields: list[str]
+    units: dict[str, str]
+    times: list[datetime] = Field(description="Each bucket's start")
+    values: dict[str, list[float | None]] = Field(
+        description="Field → one value per time (null where the field was not measured)")
+    reference: ReferenceLines
+
+
+class CompareItem(BaseModel):
+    batch: BatchOut
+    metrics: MetricsOut
+    every_s: float = Field(description="The curve's bucket width [s]")
+    hours: list[float] = Field(description="Hours since the batch's start, one per point")
+    moisture_pct_wb: list[float | None] = Field(description="Bean moisture [% w.b.]")
+
+
+class CompareOut(BaseModel):
+    items: list[CompareItem]
+
+
+def _reference(session: Session, batch: Batch) -> ReferenceLines:
+    limits = service.thresholds_for(session, batch.site_id, batch.node_id)
+    return ReferenceLines(target_moisture_pct_wb=limits.target_moisture_pct_wb,
+                          air_temp_alarm_c=limits.air_temp_alarm_c,
+                          air_temp_limit_c=limits.air_temp_limit_c)
+
+
+@router.get("/compare", response_model=CompareOut,
+            summary="2-4 batches side by side: record, metrics and moisture curve")
+def compare_batches(session: SessionDep, context: ContextDep, _actor: OperatorDep,
+                    ids: Annotated[str, Query(
+                        max_length=MAX_COMPARE * 41,
+                        description="Batch ids separated by commas (2 to 4)")]
+                    ) -> CompareOut:
+    """Each batch's record, metrics (computed now) and moisture against hours since its
+    start, averaged to at most 500 points, in the order asked for."""
+    wanted = [part.strip() for part in ids.split(",") if part.strip()]
+    if not 2 <= len(wanted) <= MAX_COMPARE:
+        raise PayloadError(f"ids: give 2 to {MAX_COMPARE} batch ids separated by commas, "
+                           f"not {len(wanted)}")
+    if len(set(wanted)) != len(wanted):
+        raise PayloadError("ids: a batch is named twice")
+    batches = [service.get_batch(session, batch_id) for batch_id in wanted]
+    now = context.clock.now()
+    items = []
+    for batch in batches:
+        start, end = service.batch_span(batch, now)
+        bucket = choose_bucket_s(start, end, COMPARE_POINTS)
+        points = service.batch_series(context.store, batch, [service.MOISTURE], bucket, now)
+        curve = [(p, value) for p in points
+                 if (value := p.values.get(service.MOISTURE)) is not None]
+        items.append(CompareItem(
+            batch=BatchOut.of(batch, now),
+            metrics=_metrics_out(batch, service.batch_metrics(session, context.store, batch,
+                                                              now)),
+            every_s=bucket,
+            hours=[round((p.at - batch.started_at).total_seconds() / 3600, 3)
+                   for p, _ in curve],
+            moisture_pct_wb=[round(value, 2) for _, value in curve]))
+    return CompareOut(items=items)
+
+
+@router.get("/{batch_id}/series", response_model=BatchSeriesOut,
+            summary="A batch's readings from start to end, averaged into buckets")
+def batch_series(batch_id: str, session: SessionDep, context: ContextDep,
+                 _actor: OperatorDep,
+                 fields: Annotated[list[str] | None, Query(
+                     description="Default: air temperature, air humidity, bean moisture")
+                 ] = None,
+                 max_points: Annotated[int, Query(ge=10, le=5000)] = 1500) -> BatchSeriesOut:
+    """The whole batch in one call: the bucket is the smallest of the readings API's widths
+    that keeps it under ``max_points`` (a 7-day batch of 10-second readings: 10-minute
+    means, 1,008 points). The thresholds come along for reference lines."""
+    now = context.clock.now()
+    batch = service.get_batch(session, batch_id)
+    wanted = list(dict.fromkeys(fields or CHART_FIELDS))
+    unknown = [f for f in wanted if f not in SERIES_FIELDS]
+    if unknown:
+        raise PayloadError(f"fields: unknown {', '.join(unknown)} "
+                           f"(known: {', '.join(SERIES_FIELDS)})")
+    start, end = service.batch_span(batch, now)
+    bucket = choose_bucket_s(start, end, max_points)
+    points = service.batch_series(context.store, batch, wanted, bucket, now)
+    return BatchSeriesOut(
+        batch_id=batch_id, site_id=batch.site_id, node_id=batch.node_id, start=start,
+        end=end, every_s=bucket, fields=wanted, units={f: UNITS[f] for f in wanted},
+        times=[p.at for p in points],
+        values={f: [_rounded(p.values.get(f)) for p in points] for f in wanted},
+        reference=_reference(session, batch))
+
+
+@router.get("/{batch_id}/events", response_model=list[NodeEventOut],
+            summary="The dryer's events while the batch ran, newest first")
+def batch_events(batch_id: str, session: SessionDep, context: ContextDep,
+                 _actor: OperatorDep,
+                 limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[NodeEventOut]:
+    batch = service.get_batch(session, batch_id)
+    return [NodeEventOut(seq=e.seq, occurred_at=e.occurred_at, received_at=e.received_at,
+                         type=e.type, message=e.message, data=e.data)
+            for e in service.batch_events(session, batch, context.clock.now(), limit)]
+
+
+# After /compare (and every other fixed path), so those are not taken for a batch id.
+@router.get("/{batch_id}", response_model=BatchDetail,
+            summary="One batch: record, spot checks, current moisture, progress, node side")
+def batch_detail(batch_id: str, session: SessionDep, context: ContextDep,
+                 _actor: OperatorDep) -> BatchDetail:
+    now = context.clock.now()
+    batch = service.get_batch(session, batch_id)
+    checks = service.spot_checks(session, batch_id)
+    progress = service.progress(session, context.store, batch, now, checks)
+    node = service.node_view(session, batch, now)
+    return BatchDetail(
+        **BatchOut.of(batch, now).model_dump(),
+        spot_checks=[SpotCheckOut.of(check) for check in checks],
+        target_moisture_pct_wb=progress.target_moisture_pct_wb,
+        current_moisture_pct_wb=progress.current_moisture_pct_wb,
+        current_moisture_at=progress.current_moisture_at,
+        current_moisture_source=progress.current_moisture_source,
+        progress_pct=progress.progress_pct,
+        node=NodeSideOut(started_at=node.started_at, ended_at=node.ended_at,
+                         commands=[NodeCommandOut(**vars(c)) for c in node.commands]))
+
+
 def _rounded(value: float | None, digits: int = 2) -> float | None:
     return None if value is None else round(value, digits)
 
@@ -427,7 +555,8 @@ def export_readings(batch_id: str, session: SessionDep, context: ContextDep,
                                                     description="Bucket width [s]")] = 300,
                     raw: bool = False) -> StreamingResponse:
     """One row per bucket of ``every_s`` seconds (the mean of each field), or per reading
-    with ``raw=true``; times are UTC. Empty cells: not measured in that bucket."""
+    with ``raw=true``; times in UTC and in the site's time zone. Empty cells: not measured
+    in that bucket."""
     now = context.clock.now()
     batch = service.get_batch(session, batch_id)
     start, end = service.batch_span(batch, now)
@@ -439,14 +568,21 @@ def export_readings(batch_id: str, session: SessionDep, context: ContextDep,
     if len(points) > MAX_EXPORT_ROWS:
         raise PayloadError(f"{len(points)} raw readings (max {MAX_EXPORT_ROWS}): export "
                            "with every_s instead")
-    header = ["batch_id", "measured_at", *EXPORT_FIELDS]
-    rows = ([batch_id, _cell(p.at), *(_cell(p.values.get(f)) for f in EXPORT_FIELDS)]
-            for p in points)
+    zone = service.site_zone(session, batch.site_id)
+    header = ["batch_id", "measured_at", "measured_at_local", *EXPORT_FIELDS]
+    rows = ([batch_id, _cell(p.at), _local(p.at, zone),
+             *(_cell(p.values.get(f)) for f in EXPORT_FIELDS)] for p in points)
     return _download([header, *rows], f"{batch_id}.csv")
 
 
+def _local(moment: datetime | None, zone: tzinfo) -> str:
+    """A time in the site's zone as spreadsheets read it (``2026-03-01 07:00:00``)."""
+    return "" if moment is None else moment.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
+
+
 SUMMARY_COLUMNS = ("batch_id", "site_id", "node_id", "lot_code", "producer", "crop",
-                   "started_at", "ended_at", "duration_h", "initial_mass_kg",
+                   "started_at", "ended_at", "timezone", "started_at_local",
+                   "ended_at_local", "duration_h", "initial_mass_kg",
                    "initial_moisture_pct_wb", "final_mass_kg", "final_moisture_pct_wb",
                    "spot_checks", "started_by", "ended_by", "notes")
 METRIC_COLUMNS = ("moisture_source", "average_drying_rate_pct_per_h",
@@ -462,6 +598,8 @@ def export_batches(session: SessionDep, context: ContextDep, _actor: ManagerDep,
                    since: AwareDatetime | None = None, until: AwareDatetime | None = None,
                    producer: Annotated[str | None, Query(max_length=200)] = None,
                    lot_code: Annotated[str | None, Query(max_length=64)] = None,
+                   flag: Annotated[str | None, Query(description=(
+                       "Only batches with this quality flag, as in the list"))] = None,
                    metrics: Annotated[bool, Query(description=(
                        "Add metric and quality-flag columns (computed now; at most "
                        f"{service.MAX_FLAG_SCAN} batches)"))] = False
@@ -469,23 +607,36 @@ def export_batches(session: SessionDep, context: ContextDep, _actor: ManagerDep,
     """The same filters as the list; every matching batch, newest first."""
     now = context.clock.now()
     where = _filter(site_id, node_id, running, since, until, producer, lot_code)
+    if flag is not None and flag not in service.QUALITY_FLAGS:
+        raise PayloadError(f"flag {flag!r} is not a quality flag (one of "
+                           f"{', '.join(service.QUALITY_FLAGS)})")
     total, found = service.list_batches(session, where)
-    if metrics and total > service.MAX_FLAG_SCAN:
+    if (metrics or flag is not None) and total > service.MAX_FLAG_SCAN:
         raise PayloadError(f"metrics for {total} batches requested, at most "
                            f"{service.MAX_FLAG_SCAN}: narrow with since/until, site_id or "
                            "node_id")
+    computed: dict[str, MetricsOut] = {}
+    if metrics or flag is not None:  # once per batch, for the filter and the columns
+        computed = {batch.batch_id: _metrics_out(batch, service.batch_metrics(
+            session, context.store, batch, now)) for batch in found}
+    if flag is not None:
+        found = [batch for batch in found
+                 if any(f.code == flag for f in computed[batch.batch_id].flags)]
     counts = service.spot_check_counts(session, [b.batch_id for b in found])
+    zones = {site: service.site_zone(session, site) for site in {b.site_id for b in found}}
     columns = [*SUMMARY_COLUMNS, *(METRIC_COLUMNS if metrics else ())]
     rows: list[list[object]] = [columns]
     for batch in found:
+        zone = zones[batch.site_id]
         values = BatchOut.of(batch, now).model_dump() | {
-            "spot_checks": counts.get(batch.batch_id, 0)}
+            "spot_checks": counts.get(batch.batch_id, 0), "timezone": str(zone),
+            "started_at_local": _local(batch.started_at, zone),
+            "ended_at_local": _local(batch.ended_at, zone)}
         if metrics:
-            computed = _metrics_out(batch, service.batch_metrics(session, context.store,
-                                                                 batch, now))
-            values |= computed.model_dump(include=set(METRIC_COLUMNS)) | {
-                "quality_flags": " ".join(f.code for f in computed.flags),
-                "flag_reasons": "; ".join(f.reason for f in computed.flags)}
+            found_metrics = computed[batch.batch_id]
+            values |= found_metrics.model_dump(include=set(METRIC_COLUMNS)) | {
+                "quality_flags": " ".join(f.code for f in found_metrics.flags),
+                "flag_reasons": "; ".join(f.reason for f in found_metrics.flags)}
         rows.append([_cell(values[column]) for column in columns])
     return _download(rows, "batches.csv")
 
