@@ -71,7 +71,7 @@ router = APIRouter(include_in_schema=False)
 class NavItem:
     path: str
     label_key: str
-    role: Role  # the least role that sees it
+    role: Role | tuple[Role, ...]  # the least role that sees it, or any of several
     order: int = 100  # place in the navigation bar, smallest first
 
 
@@ -111,7 +111,9 @@ def allowed(actor: Actor, role: Role) -> bool:
 def nav_for(actor: Actor | None, items: tuple[NavItem, ...] | None = None) -> list[NavItem]:
     if actor is None:
         return []
-    return [item for item in (all_nav() if items is None else items) if allowed(actor, item.role)]
+    return [item for item in (all_nav() if items is None else items)
+            if any(allowed(actor, role) for role in
+                   (item.role if isinstance(item.role, tuple) else (item.role,)))]
 
 
 def safe_next(target: str | None) -> str:

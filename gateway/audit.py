@@ -3,7 +3,7 @@
 Every change made through the gateway (threshold profiles, batches, renames, overrides …) is
 recorded with ``record`` in the SAME transaction as the change itself, so the log can never
 miss a change that happened nor show one that was rolled back. ``query`` reads it back for
-managers (GET /api/audit), newest first.
+technicians and managers (GET /api/audit), newest first.
 """
 
 from __future__ import annotations

@@ -232,6 +232,9 @@ def test_navigation_shows_what_the_role_may_open() -> None:
     assert [i.path for i in nav_for(Actor("m", Role.MANAGER), items)] == ["/", "/reports"]
     assert len(nav_for(Actor("a", Role.ADMIN), items)) == 3
     assert nav_for(None, items) == []
+    both = (NavItem("/audit", "nav.audit", (Role.TECHNICIAN, Role.MANAGER)),)
+    assert [len(nav_for(Actor(r.value, r), both)) for r in Role] == [
+        0 if r is Role.OPERATOR else 1 for r in Role]
     assert [i.path for i in nav_for(Actor("a", Role.ADMIN))] == [i.path for i in all_nav()]
     assert set(NAV) <= set(all_nav())  # the page modules' items join the core ones
 

@@ -1,17 +1,44 @@
-"""The audit log for managers: who changed what, when, old → new (gateway/audit.py)."""
+"""The audit log: who changed what, when, old → new (gateway/audit.py).
+
+Readable by managers (who review) and by technicians (who change thresholds and overrides
+and need to see who changed what before them), and admins; not by operators."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, status
 from pydantic import AwareDatetime, BaseModel, Field
 
 from gateway import audit
-from gateway.api.deps import ManagerDep, SessionDep
+from gateway.api.deps import Actor, Role, SessionDep, current_actor
+from gateway.auth.roles import may
 
 router = APIRouter(prefix="/api/audit", tags=["audit"])
+
+# Technician and manager sit side by side (neither includes the other): either may read.
+READERS = (Role.TECHNICIAN, Role.MANAGER)
+
+
+def may_read_audit(role: Role) -> bool:
+    """Whether ``role`` may read the audit log (technician, manager, admin).
+
+    >>> may_read_audit(Role.TECHNICIAN), may_read_audit(Role.OPERATOR)
+    (True, False)
+    """
+    return any(may(role, reader) for reader in READERS)
+
+
+def audit_reader(actor: Annotated[Actor, Depends(current_actor)]) -> Actor:
+    """Dependency: the acting user, if they may read the audit log (403 otherwise)."""
+    if not may_read_audit(actor.role):
+        raise HTTPException(status.HTTP_403_FORBIDDEN,
+                            f"{actor.role.value} may not do this (needs technician or manager)")
+    return actor
+
+
+AuditReaderDep = Annotated[Actor, Depends(audit_reader)]
 
 
 class AuditEntryOut(BaseModel):
@@ -34,7 +61,7 @@ class AuditPage(BaseModel):
 
 @router.get("", response_model=AuditPage, summary="The audit log, newest first, filtered")
 def list_audit(
-    session: SessionDep, _actor: ManagerDep,
+    session: SessionDep, _actor: AuditReaderDep,
     since: Annotated[AwareDatetime | None, Query(description="At or after")] = None,
     until: Annotated[AwareDatetime | None, Query(description="Before")] = None,
     actor: Annotated[str | None, Query(max_length=100, description="User name")] = None,
