@@ -1,5 +1,8 @@
-/* One dryer: its card, the running batch, charts of the last 24 h and its latest events, kept
-   current by the live stream of this node only. */
+/* One dryer: its card, its open alerts (acknowledge), the running batch (start, spot checks,
+   end with a confirmation step, the gateway's end suggestion, and what the node made of each
+   command), the manual override (technicians), charts of the last 24 h and its latest events,
+   kept current by the live stream of this node only. Every change goes through the JSON API;
+   a refusal is the API's one line, shown at its field or under its form. */
 (function () {
   "use strict";
   var C = window.Cacao;
@@ -35,23 +38,48 @@
       } else {
         Cards.update(card, node);
       }
-      return loadBatch();
+      return Promise.all([loadBatch(), loadAlerts()]);
     });
   }
+
+  var startForm = document.getElementById("start-form");
+  var running = document.getElementById("running-actions");
+  var endForm = document.getElementById("end-form");
+  var endOpen = document.getElementById("end-open");
+  var suggestion = document.getElementById("end-suggestion");
+  var fate = document.getElementById("batch-command");
+  var shownBatch = null;   // the batch id the forms belong to
+  var pending = null;      // the last batch command sent from this page: {kind, batch_id, command_id}
 
   function loadBatch() {
     var box = document.getElementById("batch-box");
     var id = node.running_batch_id;
-    box.textContent = "";
+    if (id !== shownBatch) {  // another batch (or none): forms start afresh
+      shownBatch = id;
+      [startForm, endForm, document.getElementById("spot-form")].forEach(function (form) {
+        form.reset();
+        clearErrors(form);
+      });
+      endForm.hidden = true;
+      endOpen.hidden = false;
+    }
+    startForm.hidden = !!id;
+    running.hidden = !id;
     if (!id) {
+      box.textContent = "";
       box.appendChild(C.element("p", "muted", t("node.no_batch")));
+      suggestion.hidden = true;
       return Promise.resolve();
     }
     return C.api("/api/batches/" + encodeURIComponent(id)).then(function (batch) {
       node.batch = batch;
       Cards.update(card, node);
+      box.textContent = "";
       showBatch(box, id, batch);
+      showSpotChecks(batch.spot_checks || []);
+      return loadSuggestion(id);
     }, function () {
+      box.textContent = "";
       showBatch(box, id, null);
     });
   }
@@ -70,14 +98,316 @@
       if (batch.producer) fact(t("node.batch_producer"), batch.producer);
       fact(t("node.batch_started"), C.dateTime(batch.started_at));
       fact(t("node.batch_initial"), C.measure("bean_moisture_pct_wb", batch.initial_moisture_pct_wb, 1));
+      if (batch.initial_mass_kg) fact(t("operator.initial_mass"), C.number(batch.initial_mass_kg, 1) + "\u00a0kg");
       fact(t("node.batch_target"), C.measure("bean_moisture_pct_wb", batch.target_moisture_pct_wb, 1));
       if (batch.progress_pct !== null && batch.progress_pct !== undefined) {
         fact(t("node.batch_progress"), C.number(batch.progress_pct, 0) + "\u00a0%");
       }
+      fact(t("operator.node_side"), nodeSide(batch));
     }
     box.appendChild(list);
-    var link = C.element("span", "muted", t("node.batch_link"));  // the batch page: next round
+    var link = C.element("a", "batch-open", t("operator.batch_open"));  // curves, metrics, report
+    link.href = "/batches/" + encodeURIComponent(id);
     box.appendChild(link);
+  }
+
+  /* Whether the node has the batch: its batch_started event, else its answer to our command. */
+  function nodeSide(batch) {
+    var side = batch.node || {};
+    if (side.started_at) return t("operator.node_confirmed", { time: C.shortDateTime(side.started_at) });
+    var commands = (side.commands || []).filter(function (c) { return c.action === "start_batch"; });
+    var last = commands[commands.length - 1];
+    if (last && last.node_ok === false) return t("operator.fate_refused", { detail: last.node_message || "" });
+    if (last && !last.delivered_to_broker) return t("operator.node_undelivered");
+    return t("operator.node_waiting");
+  }
+
+  function showSpotChecks(checks) {
+    var list = document.getElementById("spot-list");
+    list.textContent = "";
+    if (!checks.length) list.appendChild(C.element("li", "muted", t("operator.spot_none")));
+    checks.slice().reverse().forEach(function (check) {
+      var item = C.element("li", "spot");
+      item.appendChild(C.element("time", "", C.shortDateTime(check.measured_at)));
+      item.appendChild(C.element("strong", "", C.measure("bean_moisture_pct_wb", check.moisture_pct_wb, 1)));
+      var by = t("operator.spot_by", { user: check.recorded_by });
+      item.appendChild(C.element("span", "muted", check.note ? check.note + " · " + by : by));
+      list.appendChild(item);
+    });
+  }
+
+  function loadSuggestion(id) {
+    return C.api("/api/batches/" + encodeURIComponent(id) + "/end-suggestion").then(function (advice) {
+      suggestion.hidden = !advice.should_end || id !== node.running_batch_id;
+      if (advice.should_end) {
+        document.getElementById("end-suggestion-text").textContent = t("operator.suggest_end", {
+          target: C.measure("bean_moisture_pct_wb", advice.target_moisture_pct_wb, 1),
+          since: C.shortDateTime(advice.since), hours: C.number(advice.hold_h, 0) });
+      }
+    }, function () { suggestion.hidden = true; });
+  }
+
+  /* --- forms: numbers typed on a phone, errors at their field -------------------------- */
+
+  function clearErrors(form) {
+    form.querySelectorAll(".error").forEach(function (p) { p.hidden = true; p.textContent = ""; });
+    form.querySelectorAll("[aria-invalid]").forEach(function (input) { input.removeAttribute("aria-invalid"); });
+  }
+
+  /* The API's one line at the field it names ("body.initial_moisture_pct_wb: ..."), else
+     under the form. */
+  function showError(form, detail, field) {
+    var match = /^body\.([a-z_]+)/.exec(detail || "");
+    var name = field || (match ? match[1] : null);
+    var target = name ? form.querySelector('[data-error-for="' + name + '"]') : null;
+    if (!target) target = form.querySelector(".form-error");
+    target.textContent = field ? detail : t("operator.failed", { detail: detail });
+    target.hidden = false;
+    var input = name ? form.querySelector('[name="' + name + '"]') : null;
+    if (input) { input.setAttribute("aria-invalid", "true"); input.focus(); }
+  }
+
+  /* A number from a text box: "55,5" is 55.5 (phones in Spanish offer a comma). Returns
+     null when empty and not required; throws {field, text} when wrong. */
+  function readNumber(form, name, min, max, required) {
+    var raw = form.elements[name].value.trim().replace(",", ".");
+    if (!raw) {
+      if (required) throw { field: name, text: t("operator.error_required") };
+      return null;
+    }
+    var value = Number(raw);
+    if (!/^-?\d*\.?\d+$/.test(raw) || !isFinite(value)) throw { field: name, text: t("operator.error_number") };
+    if (value < min || value > max) {
+      throw { field: name, text: t("operator.error_range", { min: C.number(min, min % 1 ? 1 : 0), max: C.number(max, 0) }) };
+    }
+    return value;
+  }
+
+  /* Run `build` (which may throw a field error), then send; `done` gets the API's answer. */
+  function submit(form, build, send, done) {
+    clearErrors(form);
+    var body;
+    try {
+      body = build();
+    } catch (problem) {
+      if (problem && problem.field) { showError(form, problem.text, problem.field); return; }
+      throw problem;
+    }
+    var buttons = form.querySelectorAll("button[type=submit]");
+    buttons.forEach(function (b) { b.disabled = true; });
+    send(body).then(function (answer) {
+      buttons.forEach(function (b) { b.disabled = false; });
+      done(answer);
+    }, function (error) {
+      buttons.forEach(function (b) { b.disabled = false; });
+      showError(form, error.message);
+    });
+  }
+
+  function showFate(state, text) {
+    fate.textContent = text;
+    fate.setAttribute("data-state", state);
+    fate.hidden = false;
+  }
+
+  function commandSent(kind, answer) {
+    pending = { kind: kind, batch_id: answer.batch_id, command_id: answer.command.command_id };
+    if (!answer.command.delivered_to_broker) {
+      showFate("undelivered", t("operator.fate_undelivered", { id: answer.batch_id }));
+    } else {
+      showFate("sent", t(kind === "start" ? "operator.fate_start_sent" : "operator.fate_end_sent",
+                         { id: answer.batch_id }));
+      checkPending();
+    }
+  }
+
+  startForm.addEventListener("submit", function (event) {
+    event.preventDefault();
+    submit(startForm, function () {
+      var lot = startForm.elements.lot_code.value.trim();
+      if (!lot) throw { field: "lot_code", text: t("operator.error_required") };
+      var body = { site_id: site, node_id: nodeId, lot_code: lot,
+                   producer: startForm.elements.producer.value.trim(),
+                   initial_moisture_pct_wb: readNumber(startForm, "initial_moisture_pct_wb", 10, 80, true),
+                   notes: startForm.elements.notes.value.trim() };
+      var mass = readNumber(startForm, "initial_mass_kg", 0.1, 20000, false);
+      if (mass !== null) body.initial_mass_kg = mass;
+      return body;
+    }, function (body) {
+      return C.api("/api/batches", { method: "POST", body: body });
+    }, function (answer) {
+      commandSent("start", answer);
+      loadNode();
+    });
+  });
+
+  function openEnd() {
+    document.getElementById("end-question").textContent = t("operator.end_question", { id: node.running_batch_id });
+    endForm.hidden = false;
+    endOpen.hidden = true;
+    endForm.scrollIntoView({ block: "nearest" });
+    endForm.elements.final_moisture_pct_wb.focus();
+  }
+  endOpen.addEventListener("click", openEnd);
+  document.getElementById("end-suggestion-button").addEventListener("click", openEnd);
+  document.getElementById("end-cancel").addEventListener("click", function () {
+    endForm.hidden = true;
+    endOpen.hidden = false;
+    clearErrors(endForm);
+  });
+  endForm.addEventListener("submit", function (event) {
+    event.preventDefault();
+    var id = node.running_batch_id;
+    submit(endForm, function () {
+      var body = {};
+      var moisture = readNumber(endForm, "final_moisture_pct_wb", 0, 80, false);
+      var mass = readNumber(endForm, "final_mass_kg", 0.1, 20000, false);
+      var notes = endForm.elements.notes.value.trim();
+      if (moisture !== null) body.final_moisture_pct_wb = moisture;
+      if (mass !== null) body.final_mass_kg = mass;
+      if (notes) body.notes = notes;
+      return body;
+    }, function (body) {
+      return C.api("/api/batches/" + encodeURIComponent(id) + "/end", { method: "POST", body: body });
+    }, function (answer) {
+      commandSent("end", answer);
+      loadNode();
+    });
+  });
+
+  var spotForm = document.getElementById("spot-form");
+  spotForm.addEventListener("submit", function (event) {
+    event.preventDefault();
+    var id = node.running_batch_id;
+    submit(spotForm, function () {
+      var body = { moisture_pct_wb: readNumber(spotForm, "moisture_pct_wb", 0, 80, true),
+                   note: spotForm.elements.note.value.trim() };
+      var when = spotForm.elements.measured_at.value;
+      if (when) {
+        var at = new Date(when);
+        if (isNaN(at.getTime())) throw { field: "measured_at", text: t("operator.error_time") };
+        body.measured_at = at.toISOString();
+      }
+      return body;
+    }, function (body) {
+      return C.api("/api/batches/" + encodeURIComponent(id) + "/spot-checks", { method: "POST", body: body });
+    }, function () {
+      spotForm.reset();
+      loadBatch();
+    });
+  });
+
+  /* Whether the node has done what this page asked, from the batch's node side (its
+     batch_started / batch_ended events and its answers to our commands): asked again after
+     sending and whenever the node reports a batch event or a command result. */
+  function checkPending() {
+    if (!pending) return Promise.resolve();
+    var asked = pending;
+    return C.api("/api/batches/" + encodeURIComponent(asked.batch_id)).then(function (batch) {
+      var side = batch.node || {};
+      var done = asked.kind === "start" ? side.started_at : side.ended_at;
+      var answer = (side.commands || []).filter(function (c) { return c.command_id === asked.command_id; })[0];
+      if (pending !== asked) return;
+      if (done) {
+        showFate("confirmed", t(asked.kind === "start" ? "operator.fate_start_confirmed" : "operator.fate_end_confirmed",
+                                { id: asked.batch_id, time: C.time(done) }));
+        pending = null;
+      } else if (answer && answer.node_ok === false) {
+        showFate("refused", t("operator.fate_refused", { detail: answer.node_message || "" }));
+        pending = null;
+      }
+    }, function () { return null; });
+  }
+
+  /* --- open alerts of this dryer ------------------------------------------------------- */
+
+  function loadAlerts() {
+    return C.api("/api/alerts?state=open&site_id=" + encodeURIComponent(site) + "&node_id=" +
+                 encodeURIComponent(nodeId)).then(function (alerts) {
+      var list = document.getElementById("alert-list");
+      list.textContent = "";
+      alerts.forEach(function (alert) { list.appendChild(AlertItems.item(alert, { onChange: loadAlerts })); });
+      document.getElementById("node-alerts").hidden = alerts.length === 0;
+    });
+  }
+
+  /* --- manual override ------------------------------------------------------------------ */
+
+  var overrideStatus = document.getElementById("override-status");
+  var overrideForm = document.getElementById("override-form");   // technicians only
+  var overrideCancel = document.getElementById("override-cancel");
+  var expiryTimer = null;
+
+  function settings(status) {
+    var parts = [];
+    if (status.fan_speed_pct !== null) parts.push(t("operator.override_what_fan", { value: C.number(status.fan_speed_pct, 0) + "\u00a0%" }));
+    if (status.vent_open_pct !== null) parts.push(t("operator.override_what_vent", { value: C.number(status.vent_open_pct, 0) + "\u00a0%" }));
+    return parts.join(", ");
+  }
+
+  function showOverride(status) {
+    var text;
+    if (status.state === "active") {
+      text = t("operator.override_active", { time: C.shortDateTime(status.expires_at), what: settings(status),
+                                             user: status.requested_by });
+    } else if (status.state === "sent") {
+      text = t("operator.override_sent", { what: settings(status) });
+    } else if (status.state === "refused") {
+      text = t("operator.override_refused", { detail: status.node_message || "" });
+    } else if (status.state === "unanswered") {
+      text = t("operator.override_unanswered", { time: C.shortDateTime(status.requested_at) });
+    } else if (status.state === "ended") {
+      text = t("operator.override_ended", { time: C.shortDateTime(status.ended_at) });
+    } else {
+      text = t("operator.override_auto");
+    }
+    overrideStatus.textContent = text;
+    overrideStatus.setAttribute("data-state", status.state);
+    if (overrideCancel) overrideCancel.hidden = !(status.state === "active" || status.state === "sent");
+    clearTimeout(expiryTimer);
+    if (status.state === "active" || status.state === "sent") expiryTimer = setTimeout(loadOverride, 30000);
+  }
+
+  function loadOverride() {
+    return C.api("/api/nodes/" + base + "/override").then(showOverride);
+  }
+
+  if (overrideForm) {
+    var custom = document.getElementById("override-custom");
+    overrideForm.addEventListener("change", function () {
+      custom.hidden = overrideForm.elements.duration.value !== "custom";
+    });
+    overrideForm.addEventListener("submit", function (event) {
+      event.preventDefault();
+      submit(overrideForm, function () {
+        var fan = readNumber(overrideForm, "fan_speed_pct", 0, 100, false);
+        var vent = readNumber(overrideForm, "vent_open_pct", 0, 100, false);
+        if (fan === null && vent === null) throw { field: "fan_speed_pct", text: t("operator.error_fan_or_vent") };
+        var choice = overrideForm.elements.duration.value;
+        var seconds = choice === "custom" ? readNumber(overrideForm, "minutes", 1, 720, true) * 60 : Number(choice);
+        var body = { duration_s: seconds };
+        if (fan !== null) body.fan_speed_pct = fan;
+        if (vent !== null) body.vent_open_pct = vent;
+        return body;
+      }, function (body) {
+        return C.api("/api/nodes/" + base + "/override", { method: "POST", body: body });
+      }, function (answer) {
+        if (!answer.delivered_to_broker) showError(overrideForm, t("operator.override_undelivered"));
+        loadOverride();
+      });
+    });
+    overrideCancel.addEventListener("click", function () {
+      overrideCancel.disabled = true;
+      C.api("/api/nodes/" + base + "/override", { method: "DELETE" }).then(function () {
+        overrideCancel.disabled = false;
+        overrideCancel.hidden = true;
+        overrideStatus.textContent = t("operator.override_cancel_sent");
+        overrideStatus.setAttribute("data-state", "cancelling");
+      }, function (error) {
+        overrideCancel.disabled = false;
+        showError(overrideForm, error.message);
+      });
+    });
   }
 
   /* --- charts ------------------------------------------------------------------------ */
@@ -197,12 +527,14 @@
   /* --- live ---------------------------------------------------------------------------- */
 
   function loadAll() {
-    return Promise.all([loadNode(), loadSeries(), loadEvents()]).catch(function (error) {
+    return Promise.all([loadNode(), loadSeries(), loadEvents(), loadOverride(), checkPending()]).catch(function (error) {
       document.getElementById("chart-note").textContent = t("common.error", { detail: error.message });
     });
   }
 
   var reloadSoon = C.debounce(loadNode, 500);
+  var overrideSoon = C.debounce(loadOverride, 300);
+  var pendingSoon = C.debounce(checkPending, 300);
   C.live("?site_id=" + encodeURIComponent(site) + "&node_id=" + encodeURIComponent(nodeId), {
     resync: loadAll,
     reading: function (reading) {
@@ -223,7 +555,9 @@
     },
     event: function (event) {
       addEvent(event);
-      if (/^(batch_|alarm_)/.test(event.type)) reloadSoon();
+      if (/^(batch_started|batch_ended|command_result)$/.test(event.type)) pendingSoon();
+      if (/^(batch_|alarm_|sensor_|config_)/.test(event.type)) reloadSoon();
+      if (/^(override_|command_result$|boot$)/.test(event.type)) overrideSoon();
     }
   });
   setInterval(loadNode, 60000);

@@ -1,20 +1,36 @@
 """Dryer nodes: list, detail (state, health, latest reading, running batch), events, gaps,
-renaming, manual override of fans and vents."""
+renaming, manual override of fans and vents (start, cancel, and what the node made of it)."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from cacao_dryer.contract import Channel, Command, OverrideAction, encode, topic
+from cacao_dryer.contract import (
+    Channel,
+    ClearOverrideAction,
+    Command,
+    EventType,
+    OverrideAction,
+    encode,
+    topic,
+)
 from cacao_dryer.errors import NotFoundError
-from gateway.api.deps import ContextDep, OperatorDep, SessionDep, TechnicianDep
+from gateway.api.deps import (
+    Actor,
+    ContextDep,
+    IsoTime,
+    OperatorDep,
+    SessionDep,
+    TechnicianDep,
+)
+from gateway.context import GatewayContext
 from gateway.metadata.models import AlertRecord, AuditEntry, Batch, Node, NodeEventRecord
 from gateway.timeseries import StoredReading, missing_ranges
 
@@ -82,6 +98,9 @@ class NodeUpdate(BaseModel):
 
 
 class OverrideRequest(BaseModel):
+    # Strict: `true` is not 1 % and "80" is not 80 % for a fan the operator drives by hand.
+    model_config = ConfigDict(strict=True)
+
     fan_speed_pct: float | None = Field(None, ge=0, le=100)
     vent_open_pct: float | None = Field(None, ge=0, le=100)
     duration_s: float = Field(gt=0, le=12 * 3600, description="Expires after this [s]")
@@ -153,7 +172,7 @@ def update_node(site_id: str, node_id: str, change: NodeUpdate, session: Session
 @router.get("/{site_id}/{node_id}/events", response_model=list[NodeEventOut],
             summary="A node's events, newest first")
 def node_events(site_id: str, node_id: str, session: SessionDep, _actor: OperatorDep,
-                since: datetime | None = None, type: str | None = None,
+                since: IsoTime | None = None, type: str | None = None,
                 limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[NodeEventOut]:
     get_node(session, site_id, node_id)
     query = (select(NodeEventRecord)
@@ -180,6 +199,123 @@ def node_gaps(site_id: str, node_id: str, session: SessionDep, context: ContextD
                 missing_readings=sum(last - first + 1 for first, last in missing))
 
 
+# A command the node has not executed within this is dropped by the node (contract expires_at).
+COMMAND_LIFETIME = timedelta(minutes=10)
+# The node reports the end of its override (override_ended); without that report (offline,
+# rebooted without saying) the override is taken as over this long after its expiry.
+OVERRIDE_END_SLACK = timedelta(minutes=10)
+OVERRIDE_EVENTS = (EventType.OVERRIDE_STARTED.value, EventType.OVERRIDE_ENDED.value,
+                   EventType.COMMAND_RESULT.value, EventType.BOOT.value)
+
+OverrideState = Literal["none", "sent", "active", "ended", "refused", "unanswered"]
+
+
+class OverrideStatus(BaseModel):
+    """The latest manual override asked of a dryer through this gateway, and what the node
+    made of it (its override_started / override_ended / command_result events)."""
+
+    state: OverrideState = Field(description=(
+        "none: never asked; sent: waiting for the node; active: the node confirmed it and it "
+        "has not ended; ended: expired, cancelled or the node restarted; refused: the node "
+        "said no (node_message); unanswered: the command expired without an answer"))
+    mode: str | None = Field(description="The node's control mode in its latest reading "
+                                         "(auto / manual)")
+    command_id: str | None
+    requested_by: str | None
+    requested_at: datetime | None
+    fan_speed_pct: float | None
+    vent_open_pct: float | None
+    duration_s: float | None
+    delivered_to_broker: bool | None
+    started_at: datetime | None = Field(description="The node's override_started (node clock)")
+    expires_at: datetime | None = Field(description="started_at + duration_s (node clock)")
+    ended_at: datetime | None = Field(description="The node's override_ended or boot event; "
+                                                  "or expires_at when the node never said")
+    node_message: str | None = Field(description="The node's words on the end or refusal")
+
+
+def _override_status(session: Session, context: GatewayContext, site_id: str, node_id: str
+                     ) -> OverrideStatus:
+    latest = context.store.latest(site_id, node_id)
+    mode = latest.mode if latest is not None else None
+    entry = session.scalar(select(AuditEntry).where(
+        AuditEntry.action == "node.override", AuditEntry.target == f"{site_id}/{node_id}")
+        .order_by(AuditEntry.id.desc()).limit(1))
+    asked = entry.new if entry is not None and isinstance(entry.new, dict) else {}
+    command_id = asked.get("command_id")
+    if entry is None or not isinstance(command_id, str):
+        return OverrideStatus(state="none", mode=mode, command_id=None, requested_by=None,
+                              requested_at=None, fan_speed_pct=None, vent_open_pct=None,
+                              duration_s=None, delivered_to_broker=None, started_at=None,
+                              expires_at=None, ended_at=None, node_message=None)
+    now = context.clock.now()
+    duration = float(asked.get("duration_s") or 0)
+    # Node clocks may be off by a while: look a day around the request.
+    events = session.scalars(select(NodeEventRecord).where(
+        NodeEventRecord.site_id == site_id, NodeEventRecord.node_id == node_id,
+        NodeEventRecord.type.in_(OVERRIDE_EVENTS),
+        NodeEventRecord.occurred_at >= entry.at - timedelta(days=1))
+        .order_by(NodeEventRecord.seq))
+    started: NodeEventRecord | None = None
+    ended: NodeEventRecord | None = None
+    answer: NodeEventRecord | None = None
+    for event in events:
+        data = event.data if isinstance(event.data, dict) else {}
+        if data.get("command_id") == command_id:
+            if event.type == EventType.OVERRIDE_STARTED.value and started is None:
+                started = event
+            elif event.type == EventType.COMMAND_RESULT.value and answer is None:
+                answer = event
+        elif (started is not None and ended is None and event.type in (
+                EventType.OVERRIDE_ENDED.value, EventType.BOOT.value,
+                EventType.OVERRIDE_STARTED.value)):
+            ended = event  # expired, cancelled, the node restarted, or another override
+    state: OverrideState
+    expires_at = ended_at = None
+    message = None
+    if started is not None:
+        expires_at = started.occurred_at + timedelta(seconds=duration)
+        if ended is not None:
+            state, ended_at, message = "ended", ended.occurred_at, ended.message
+        elif now > expires_at + OVERRIDE_END_SLACK:
+            state, ended_at = "ended", expires_at
+        else:
+            state = "active"
+    elif answer is not None and isinstance(answer.data, dict) and answer.data.get("ok") is False:
+        state, message = "refused", answer.message
+    elif now > entry.at + COMMAND_LIFETIME:
+        state = "unanswered"
+    else:
+        state = "sent"
+    delivered = asked.get("delivered_to_broker")
+    return OverrideStatus(
+        state=state, mode=mode, command_id=command_id, requested_by=entry.actor,
+        requested_at=entry.at, fan_speed_pct=asked.get("fan_speed_pct"),
+        vent_open_pct=asked.get("vent_open_pct"), duration_s=duration or None,
+        delivered_to_broker=delivered if isinstance(delivered, bool) else None,
+        started_at=started.occurred_at if started is not None else None,
+        expires_at=expires_at, ended_at=ended_at, node_message=message)
+
+
+def _send_command(session: Session, context: GatewayContext, actor: Actor, site_id: str,
+                  node_id: str,
+                  action: OverrideAction | ClearOverrideAction, audit_action: str
+                  ) -> CommandSent:
+    now = context.clock.now()
+    command = Command(command_id=uuid.uuid4().hex, issued_at=now,
+                      expires_at=now + COMMAND_LIFETIME, issued_by=actor.username,
+                      action=action)
+    asked = action.model_dump(exclude_none=True, exclude={"type"})
+    entry = AuditEntry(at=now, actor=actor.username, action=audit_action,
+                       target=f"{site_id}/{node_id}", old=None,
+                       new={**asked, "command_id": command.command_id})
+    session.add(entry)
+    delivered = context.publisher.publish(topic(site_id, node_id, Channel.COMMAND),
+                                          encode(command))
+    entry.new = {**asked, "command_id": command.command_id, "delivered_to_broker": delivered}
+    return CommandSent(command_id=command.command_id, delivered_to_broker=delivered)
+
+
 @router.post("/{site_id}/{node_id}/override", response_model=CommandSent,
              summary="Drive fans and/or vents by hand for a limited time")
 def override(site_id: str, node_id: str, request: OverrideRequest, session: SessionDep,
@@ -187,13 +323,21 @@ def override(site_id: str, node_id: str, request: OverrideRequest, session: Sess
     get_node(session, site_id, node_id)
     action = OverrideAction(fan_speed_pct=request.fan_speed_pct,
                             vent_open_pct=request.vent_open_pct, duration_s=request.duration_s)
-    now = context.clock.now()
-    command = Command(command_id=uuid.uuid4().hex, issued_at=now,
-                      expires_at=now + timedelta(minutes=10), issued_by=actor.username,
-                      action=action)
-    session.add(AuditEntry(at=now, actor=actor.username, action="node.override",
-                           target=f"{site_id}/{node_id}", old=None,
-                           new=action.model_dump(exclude_none=True)))
-    delivered = context.publisher.publish(topic(site_id, node_id, Channel.COMMAND),
-                                          encode(command))
-    return CommandSent(command_id=command.command_id, delivered_to_broker=delivered)
+    return _send_command(session, context, actor, site_id, node_id, action, "node.override")
+
+
+@router.delete("/{site_id}/{node_id}/override", response_model=CommandSent,
+               summary="Cancel a manual override: back to automatic control now")
+def clear_override(site_id: str, node_id: str, session: SessionDep, context: ContextDep,
+                   actor: TechnicianDep) -> CommandSent:
+    get_node(session, site_id, node_id)
+    return _send_command(session, context, actor, site_id, node_id, ClearOverrideAction(),
+                         "node.override_clear")
+
+
+@router.get("/{site_id}/{node_id}/override", response_model=OverrideStatus,
+            summary="The latest manual override and whether the node has it in force")
+def override_status(site_id: str, node_id: str, session: SessionDep, context: ContextDep,
+                    _actor: OperatorDep) -> OverrideStatus:
+    get_node(session, site_id, node_id)
+    return _override_status(session, context, site_id, node_id)
