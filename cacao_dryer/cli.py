@@ -68,6 +68,31 @@ def gateway_run(args: argparse.Namespace) -> None:
     run_gateway(settings)
 
 
+def dashboard_run(args: argparse.Namespace) -> None:
+    _setup_logging(args.log_level)
+    from gateway.config import load_gateway_config
+
+    settings = _with_broker(load_gateway_config(args.config), args.broker)
+    changes = {name: value for name, value in (("host", args.host), ("port", args.port))
+               if value is not None}
+    if changes:
+        settings = settings.model_copy(
+            update={"api": settings.api.model_copy(update=changes)})
+    from gateway.service import run_dashboard
+
+    run_dashboard(settings)
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is not between 1 and 65535")
+    return port
+
+
 def schema_export(args: argparse.Namespace) -> None:
     from cacao_dryer.schemas import export_schemas
 
@@ -77,11 +102,16 @@ def schema_export(args: argparse.Namespace) -> None:
 
 def demo(args: argparse.Namespace) -> None:
     _setup_logging("warning")
+    import signal
+
     from cacao_dryer.demo import run_demo
 
+    # SIGTERM (a service manager, `kill`) stops the demo as cleanly as Ctrl-C does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     run_demo(nodes=args.nodes, speed=args.speed, broker=args.broker,
              duration_s=args.duration, workdir=args.workdir,
-             embedded_broker=args.embedded_broker)
+             embedded_broker=args.embedded_broker, host=args.host, port=args.port,
+             watch=args.watch)
 
 
 def watch(args: argparse.Namespace) -> None:
@@ -171,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "mqtt://192.168.1.10:1883")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning",
                                                              "error"])
+    # Run on the gateway: broker login, ACL and config bundle for a new node (stdlib only).
+    from gateway.provision import add_provision_parser
+
+    add_provision_parser(node_commands)
 
     gateway = commands.add_parser("gateway", help="the collection center's server")
     gateway_commands = gateway.add_subparsers(title="gateway commands", required=True,
@@ -183,6 +217,24 @@ def build_parser() -> argparse.ArgumentParser:
     gateway_run_parser.add_argument("--log-level", default="info",
                                     choices=["debug", "info", "warning", "error"])
 
+    dashboard = commands.add_parser("dashboard", help="the web dashboard on its own")
+    dashboard_commands = dashboard.add_subparsers(title="dashboard commands", required=True,
+                                                  metavar="COMMAND")
+    dashboard_run_parser = _command(
+        dashboard_commands, "run", dashboard_run,
+        "Serve the HTTP API and dashboard alone (no ingest, no alert or threshold jobs: those "
+        "run in `gateway run`, which serves the dashboard too), on the same metadata database "
+        "and readings store as the gateway, with its own live subscription to the broker.")
+    dashboard_run_parser.add_argument("--config", "-c", type=Path, required=True,
+                                      help="the gateway's config file (TOML)")
+    dashboard_run_parser.add_argument("--host", help="listen on this address instead of the "
+                                      "config's api.host (0.0.0.0: the whole LAN)")
+    dashboard_run_parser.add_argument("--port", type=_port,
+                                      help="listen on this port instead of api.port")
+    dashboard_run_parser.add_argument("--broker", help="override the config's broker")
+    dashboard_run_parser.add_argument("--log-level", default="info",
+                                      choices=["debug", "info", "warning", "error"])
+
     _user_commands(commands)
 
     schema = commands.add_parser("schema", help="the MQTT message contract")
@@ -193,19 +245,34 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, default=Path("docs/schemas"),
                         help="folder for the JSON Schemas (default: docs/schemas)")
 
-    demo_parser = _command(commands, "demo", demo, "A simulated site: a broker, several "
-                           "simulated dryers and a live view in the terminal.")
+    demo_parser = _command(commands, "demo", demo, "A whole collection center on this "
+                           "machine: a broker, simulated dryers on accelerated time, the "
+                           "gateway (SQLite) and the dashboard, one login per role printed "
+                           "here, and a batch drying within the first minute. Ctrl-C stops "
+                           "everything.")
     demo_parser.add_argument("--nodes", type=int, default=3, help="simulated dryers (1-50)")
     demo_parser.add_argument("--speed", type=float, default=600.0,
-                             help="simulated seconds per real second (default 600)")
+                             help="simulated seconds per real second (default 600: one "
+                             "minute is 10 hours)")
     demo_parser.add_argument("--broker", help="use this broker instead of starting one")
     demo_parser.add_argument("--duration", type=float, default=0.0,
                              help="stop after this many real seconds (0 = until Ctrl-C)")
     demo_parser.add_argument("--embedded-broker", action="store_true",
                              help="use the pure-Python amqtt broker (MQTT 3.1.1) even when "
-                             "Mosquitto is installed")
+                             "Mosquitto is installed: dryers and terminal table only (the "
+                             "gateway needs MQTT 5)")
     demo_parser.add_argument("--workdir", type=Path, default=Path("var/demo"),
-                             help="where node data, configs and logs go (default var/demo)")
+                             help="where the dryers', the gateway's and the broker's data, "
+                             "configs and logs go; emptied of an earlier demo's files at "
+                             "start (default var/demo)")
+    demo_parser.add_argument("--port", type=_port, default=8080,
+                             help="dashboard port (default 8080; the next free one if taken)")
+    demo_parser.add_argument("--host", default="127.0.0.1",
+                             help="dashboard address (default 127.0.0.1; 0.0.0.0 to open it "
+                             "from a phone on the same network)")
+    demo_parser.add_argument("--watch", action="store_true",
+                             help="show the live table of every dryer in the terminal instead "
+                             "of a status line")
 
     watch_parser = _command(commands, "watch", watch,
                             "Live table of every node's latest telemetry and status.")
@@ -221,6 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "nodes", 1) not in range(1, 51):
         parser.error("--nodes must be between 1 and 50")
+    if not 0 < getattr(args, "speed", 1.0) <= 100_000:
+        parser.error("--speed must be above 0 and at most 100000")
     try:
         args.handler(args)
     except CacaoDryerError as exc:

@@ -3,12 +3,18 @@ the node registry, the HTTP API and the periodic jobs; start and stop them in or
 
 ``run_gateway`` (gateway/service.py) runs one until SIGTERM; tests and the demo start one in
 a process of their own with a chosen clock.
+
+``dashboard_only=True`` is ``cacao-dryer dashboard run``: the HTTP API and dashboard on the
+same stores, without ingest, registry or jobs (those stay with ``gateway run``); its live view
+gets its own read-only MQTT subscription (``gateway.live_feed``), and the commands it sends
+(batches, overrides, threshold pushes) go out on a publisher of its own.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import secrets
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
@@ -19,9 +25,10 @@ from gateway.api.app import create_app
 from gateway.config import ApiConfig, GatewaySettings
 from gateway.context import GatewayContext
 from gateway.http_server import ApiServer
-from gateway.ingest import Ingest
+from gateway.ingest import Ingest, IngestStats
 from gateway.jobs import Jobs
 from gateway.live import FanOutListener, LiveHub
+from gateway.live_feed import LiveFeed
 from gateway.metadata.database import open_metadata
 from gateway.mqtt_out import MqttPublisher
 from gateway.registry import NodeRegistry
@@ -75,11 +82,14 @@ def webhook_targets(settings: GatewaySettings) -> list[WebhookTarget]:
 
 
 class GatewayRuntime:
-    def __init__(self, settings: GatewaySettings, clock: Clock | None = None) -> None:
+    def __init__(self, settings: GatewaySettings, clock: Clock | None = None, *,
+                 dashboard_only: bool = False) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
+        self.dashboard_only = dashboard_only
         self.context: GatewayContext | None = None
         self.ingest: Ingest | None = None
+        self.live_feed: LiveFeed | None = None  # dashboard_only: the live view's subscription
         self.api: ApiServer | None = None
         self.jobs = Jobs()
         self.live = LiveHub()
@@ -87,6 +97,8 @@ class GatewayRuntime:
         self._webhooks: WebhookSender | None = None
 
     def start(self) -> GatewayContext:
+        if self.dashboard_only:
+            return self._start_dashboard()
         from gateway.service import open_store
 
         settings = self.settings
@@ -106,15 +118,43 @@ class GatewayRuntime:
         self.context = context
         self._add_jobs(context)
         self.ingest.start()
+        self._start_api(context)
+        self.jobs.start()
+        return context
+
+    def _start_dashboard(self) -> GatewayContext:
+        """The API and dashboard alone, on the gateway's stores (``dashboard_only``)."""
+        from gateway.service import open_store
+
+        settings = self.settings
+        Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+        store = open_store(settings)
+        metadata = open_metadata(metadata_url(settings))
+        # Never the gateway's client ids: the broker would drop one of the two connections.
+        self._publisher = MqttPublisher(
+            settings.mqtt, client_id=f"{settings.mqtt.client_id[:40]}-dashboard-out-"
+            f"{secrets.token_hex(4)}")
+        self._publisher.start()
+        self.live_feed = LiveFeed(settings.mqtt, list(settings.sites), self.live)
+        self.live_feed.start()
+        context = GatewayContext(settings=settings, store=store, metadata=metadata,
+                                 publisher=self._publisher, clock=self.clock,
+                                 ingest_stats=IngestStats(), started_at=self.clock.now(),
+                                 live=self.live)
+        self.context = context
+        self._start_api(context)
+        return context
+
+    def _start_api(self, context: GatewayContext) -> None:
+        settings = self.settings
         warning = cleartext_warning(settings.api)
         if warning is not None:
             log.warning("%s", warning)
         self.api = ApiServer(create_app(context),
                              settings.api.host, settings.api.port)
         self.api.start()
-        self.jobs.start()
-        log.info("gateway API on http://%s:%d", settings.api.host, self.api.port)
-        return context
+        log.info("%s on http://%s:%d", "dashboard" if self.dashboard_only else "gateway API",
+                 settings.api.host, self.api.port)
 
     def _add_jobs(self, context: GatewayContext) -> None:
         """Periodic work: alert rules every 30 s (announced on MQTT and to webhooks),
@@ -144,6 +184,8 @@ class GatewayRuntime:
             self.api.stop()
         if self.ingest is not None:
             self.ingest.stop()
+        if self.live_feed is not None:
+            self.live_feed.stop()
         if self._publisher is not None:
             self._publisher.stop()
         if self.context is not None:

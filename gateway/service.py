@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cacao_dryer.errors import ConfigError
 from gateway.config import GatewaySettings, InfluxDB1Storage, InfluxDB2Storage, SqliteStorage
 from gateway.timeseries import TimeSeriesStore
+
+if TYPE_CHECKING:
+    from gateway.runtime import GatewayRuntime
 
 log = logging.getLogger("cacao_dryer.gateway")
 
@@ -42,7 +45,22 @@ def run_gateway(settings: GatewaySettings) -> None:
     """Run the whole gateway (ingest, metadata, alerts, thresholds, API) until SIGTERM/SIGINT."""
     from gateway.runtime import GatewayRuntime
 
-    runtime = GatewayRuntime(settings)
+    _run_until_stopped(GatewayRuntime(settings), "gateway ingesting %s from %s into %s",
+                       ", ".join(settings.sites), settings.mqtt.broker, settings.storage.kind)
+
+
+def run_dashboard(settings: GatewaySettings) -> None:
+    """Run the HTTP API and dashboard alone (no ingest, no jobs) on the gateway's stores, with
+    a live view of its own, until SIGTERM/SIGINT (``cacao-dryer dashboard run``)."""
+    from gateway.runtime import GatewayRuntime
+
+    _run_until_stopped(GatewayRuntime(settings, dashboard_only=True),
+                       "dashboard on http://%s:%d reading %s and %s (live view from %s)",
+                       settings.api.host, settings.api.port, settings.metadata.url.split(":")[0],
+                       settings.storage.kind, settings.mqtt.broker)
+
+
+def _run_until_stopped(runtime: GatewayRuntime, message: str, *args: object) -> None:
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: Any) -> None:
@@ -51,10 +69,9 @@ def run_gateway(settings: GatewaySettings) -> None:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    runtime.start()
-    log.info("gateway ingesting %s from %s into %s", ", ".join(settings.sites),
-             settings.mqtt.broker, settings.storage.kind)
     try:
+        runtime.start()
+        log.info(message, *args)
         stop.wait()
     finally:
         runtime.stop()

@@ -696,7 +696,8 @@ def test_provisioning_keeps_the_broker_files_owner_and_mode(tmp_path, certs):
 
 
 def run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.provision", *argv],
+    """The command a technician types: ``cacao-dryer node provision ...``."""
+    return subprocess.run([sys.executable, "-m", "cacao_dryer.cli", "node", "provision", *argv],
                           capture_output=True, text=True, cwd=ROOT, check=False)
 
 
