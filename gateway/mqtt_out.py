@@ -37,8 +37,14 @@ class MqttPublisher:
         self._client.reconnect_delay_set(1, 30)
         self._keepalive = settings.keepalive_s
         self._connected = threading.Event()
+        # mid → reason of a PUBACK the broker sent with a failure code (MQTT v5: 0x87 "not
+        # authorized" when the ACL refuses the topic). paho calls on_publish before it marks
+        # the message published, so ``publish`` finds the reason here once it is acked.
+        self._refused: dict[int, str] = {}
+        self._refused_lock = threading.Lock()
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = lambda *_args: self._connected.clear()
+        self._client.on_publish = self._on_publish
 
     def _on_connect(self, _client: mqtt.Client, _userdata: object, _flags: object,
                     reason: object, _properties: object) -> None:
@@ -46,6 +52,12 @@ class MqttPublisher:
             log.error("broker refused the publisher's connection: %s", reason)
             return
         self._connected.set()
+
+    def _on_publish(self, _client: mqtt.Client, _userdata: object, mid: int,
+                    reason: object, _properties: object) -> None:
+        if getattr(reason, "is_failure", False):
+            with self._refused_lock:
+                self._refused[mid] = str(reason)
 
     def start(self) -> None:
         self._client.connect_async(self._host, self._port, keepalive=self._keepalive)
@@ -65,7 +77,8 @@ class MqttPublisher:
     def publish(self, topic: str, payload: bytes, *, retain: bool = False,
                 timeout: float = 5.0) -> bool:
         """Publish at QoS 1; True once the broker acknowledged it within ``timeout`` s.
-        False (never an exception) when the broker is unreachable: the caller retries."""
+        False (never an exception) when the broker is unreachable or refused the message
+        (e.g. the ACL does not let this login publish there): the caller retries."""
         if not self._connected.wait(timeout):
             return False
         info = self._client.publish(topic, payload, qos=1, retain=retain)
@@ -74,5 +87,10 @@ class MqttPublisher:
         try:
             info.wait_for_publish(timeout)
         except (RuntimeError, ValueError):
+            return False
+        with self._refused_lock:
+            refused = self._refused.pop(info.mid, None)
+        if refused is not None:
+            log.error("broker refused the publish to %s: %s", topic, refused)
             return False
         return info.is_published()

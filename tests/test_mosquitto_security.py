@@ -768,3 +768,23 @@ def test_reloading_a_broker_that_is_not_running_says_so(tmp_path):
     stale.write_text("garbage")
     with pytest.raises(ProvisionError, match="does not hold a process id"):
         reload_broker(stale)
+
+
+def test_the_gateways_publisher_reports_a_publish_the_acl_refuses(site, tmp_path):
+    """MQTT v5 answers a refused publish with PUBACK 0x87: the gateway's publisher must say
+    False (so a config push is not recorded as sent), and True where its ACL allows."""
+    from gateway.config import GatewayMqttConfig
+    from gateway.mqtt_out import MqttPublisher
+
+    (tmp_path / "gw-password").write_text(site.passwords["cacao-gateway"] + "\n")
+    publisher = MqttPublisher(GatewayMqttConfig(
+        broker=f"mqtt://127.0.0.1:{site.gateway_port}", username="cacao-gateway",
+        password_file=tmp_path / "gw-password", client_id="cacao-gateway"))
+    publisher.start()
+    try:
+        assert publisher.wait_connected(10)
+        assert publisher.publish(f"cacao/v1/{SITE}/secador-01/config", b"{}", retain=True)
+        assert not publisher.publish(f"cacao/v1/{SITE}/secador-01/telemetry", b"{}")
+        assert publisher.publish(f"cacao/v1/{SITE}/secador-01/command", b"{}")  # still usable
+    finally:
+        publisher.stop()
