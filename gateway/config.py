@@ -54,6 +54,9 @@ class InfluxDB1Storage(_Section):
     database: str = "cacao"
     username: str | None = None
     password_file: Path | None = None
+    count_duplicates: bool = Field(True, description="Ask InfluxDB which readings it already "
+                                   "has, to count replays as duplicates; false: ~1/3 faster "
+                                   "ingest, every reading counted as new (still stored once)")
 
 
 class InfluxDB2Storage(_Section):
@@ -62,6 +65,7 @@ class InfluxDB2Storage(_Section):
     org: str
     bucket: str = "cacao"
     token_file: Path
+    count_duplicates: bool = Field(True, description="As for influxdb1")
 
 
 class MetadataConfig(_Section):

@@ -28,7 +28,7 @@ def open_store(settings: GatewaySettings) -> TimeSeriesStore:
 
         password = storage.password_file.read_text().strip() if storage.password_file else None
         return InfluxDB1Store(storage.url, storage.database, username=storage.username,
-                              password=password)
+                              password=password, count_duplicates=storage.count_duplicates)
     if isinstance(storage, InfluxDB2Storage):
         from gateway.stores.influxdb2 import InfluxDB2Store
 
@@ -37,7 +37,8 @@ def open_store(settings: GatewaySettings) -> TimeSeriesStore:
         except OSError as exc:
             raise ConfigError(f"storage.token_file {storage.token_file}: cannot read "
                               f"({exc.strerror})") from None
-        return InfluxDB2Store(storage.url, storage.org, storage.bucket, token)
+        return InfluxDB2Store(storage.url, storage.org, storage.bucket, token,
+                              count_duplicates=storage.count_duplicates)
     raise ConfigError(f"storage kind {storage.kind!r} is not available")
 
 

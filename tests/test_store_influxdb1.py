@@ -57,6 +57,17 @@ def test_a_replay_overlapping_stored_readings_counts_only_the_new_ones(
     assert len(stored_points(influxd)) == 30
 
 
+def test_without_counting_duplicates_a_replay_is_still_stored_once(
+        influxd: InfluxDaemon) -> None:
+    """count_duplicates=false (the fast ingest option) skips the "which are stored already"
+    query: every reading is reported new, but InfluxDB still holds each seq once."""
+    with InfluxDB1Store(influxd.url, DB, timeout_s=5, count_duplicates=False) as fast:
+        assert fast.write(readings(range(1, 21))) == 20
+        assert fast.write(readings(range(11, 31))) == 20  # 10 of them replays, not counted
+        assert fast.write([reading(40), reading(40)]) == 1
+    assert sorted(seq for _, seq in stored_points(influxd)) == [*range(1, 31), 40]
+
+
 def test_a_reading_twice_in_one_batch_is_stored_and_counted_once(
         store: InfluxDB1Store, influxd: InfluxDaemon) -> None:
     assert store.write([reading(5), reading(6), reading(5)]) == 2

@@ -113,7 +113,7 @@ class InfluxDB1Store(InfluxStore):
 
     def __init__(self, url: str, database: str, username: str | None = None,
                  password: str | None = None, *, timeout_s: float = 10.0,
-                 retention: str | None = None) -> None:
+                 retention: str | None = None, count_duplicates: bool = True) -> None:
         """``url``: the HTTP API, e.g. ``http://127.0.0.1:8086``. ``timeout_s``: for each
         request (connect, send, each read). ``retention``: InfluxQL duration (``104w``,
         ``INF``) of the database's default retention policy, used only when this store
@@ -129,7 +129,7 @@ class InfluxDB1Store(InfluxStore):
                               f"duration such as 104w, 365d or INF")
         auth = (username, password or "") if username is not None else None
         super().__init__(base_url, f"influxdb {base_url} database {database}", timeout_s,
-                         auth=auth)
+                         auth=auth, count_duplicates=count_duplicates)
         self.database = database
         self._retention = retention
         self._database_ready = False

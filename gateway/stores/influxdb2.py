@@ -101,7 +101,7 @@ class InfluxDB2Store(InfluxStore):
     _SEQ_COLUMN = "_value"
 
     def __init__(self, url: str, org: str, bucket: str, token: str, *,
-                 timeout_s: float = 10.0) -> None:
+                 timeout_s: float = 10.0, count_duplicates: bool = True) -> None:
         """``url``: the HTTP API, e.g. ``http://127.0.0.1:8086``; ``org``: the organization's
         name; ``token``: an API token with read and write permission on ``bucket``. No I/O
         here: the gateway starts while InfluxDB is down and spools."""
@@ -114,7 +114,8 @@ class InfluxDB2Store(InfluxStore):
             raise ConfigError("influxdb2 store: token is empty or has spaces/line breaks")
         check_timeout("influxdb2", timeout_s)
         super().__init__(base_url, f"influxdb2 {base_url} org {org} bucket {bucket}",
-                         timeout_s, headers={"Authorization": f"Token {token}"})
+                         timeout_s, headers={"Authorization": f"Token {token}"},
+                         count_duplicates=count_duplicates)
         self.org = org
         self.bucket = bucket
 
