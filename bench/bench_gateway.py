@@ -3,7 +3,9 @@
 Prints Markdown; ``--write`` saves the table into bench/GATEWAY_RESULTS.md.
 
     .venv/bin/python bench/bench_gateway.py [--readings 200000] \
-        [--runs sqlite:0,sqlite:2,influxdb1:0,influxdb1:2] [--write]
+        [--runs sqlite:0,sqlite:2,influxdb1:0,influxdb1:2,influxdb1-nocount:2] [--write]
+
+(``influxdb1-nocount``: InfluxDB 1.x with ``count_duplicates = false``, docs/storage.md.)
 
 Each run gets a private Mosquitto and (for InfluxDB) a private influxd on free ports, never the
 machine's own. 100 simulated nodes, QoS 1:
@@ -197,11 +199,14 @@ def run(kind: str, workers: int, folder: Path, readings: int, receive_maximum: i
     broker = MosquittoBroker(folder / "broker", extra=BROKER_EXTRA)
     broker.start()
     influxd = None
-    if kind == "influxdb1":
+    if kind in ("influxdb1", "influxdb1-nocount"):
         influxd = InfluxDaemon(folder / "influxd")
         influxd.start()
         storage: dict[str, Any] = {"kind": "influxdb1", "url": influxd.url,
                                    "database": "bench"}
+        if kind == "influxdb1-nocount":  # [storage] count_duplicates = false
+            storage["count_duplicates"] = False
+            kind = "influxdb1"
     else:
         storage = {"kind": "sqlite", "path": str(folder / "readings.sqlite3")}
     gateway = Gateway(folder, broker, storage, workers, receive_maximum, batch)
@@ -293,7 +298,8 @@ def latency(broker: MosquittoBroker, publisher: RawPublisher, store: Any,
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--readings", type=int, default=200_000)
-    parser.add_argument("--runs", default="sqlite:0,sqlite:2,influxdb1:0,influxdb1:2",
+    parser.add_argument("--runs", default="sqlite:0,sqlite:2,influxdb1:0,influxdb1:2,"
+                        "influxdb1-nocount:2",
                         help="store:workers, comma-separated")
     parser.add_argument("--receive-maximum", type=int, default=20000,
                         help="the gateway's mqtt.receive_maximum (per process)")
