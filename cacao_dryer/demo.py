@@ -46,6 +46,7 @@ import tomli_w
 
 import firmware
 from cacao_dryer.broker import LocalBroker, start_local_broker
+from cacao_dryer.clock import SystemClock
 from cacao_dryer.errors import CacaoDryerError
 from cacao_dryer.watch import SiteView, watch_site
 
@@ -303,7 +304,8 @@ def _start_site(nodes: int, speed: float, broker: str, workdir: Path, host: str,
         _say(f"Port {port} is in use: the dashboard takes port {chosen} instead.")
     settings = load_gateway_config(gateway_config(workdir, broker, host, chosen))
     clock = DemoClock(simulated_start(), speed)
-    runtime = GatewayRuntime(settings, clock=clock)
+    # Drying runs on the demo's fast clock; logins on the wall clock (a session lasts hours).
+    runtime = GatewayRuntime(settings, clock=clock, session_clock=SystemClock())
     try:
         context = runtime.start()
     except BaseException:

@@ -37,6 +37,9 @@ class GatewayContext:
     started_at: datetime | None = None
     live: LiveHub | None = None  # pushes ingest results to dashboards (None: no /api/live)
     alerts: Any = None  # gateway.alert_service.AlertService once the runtime has built it
+    # Logins, sessions and the login throttle; None = ``clock``. The demo runs drying time
+    # 600x fast but keeps logins on the wall clock, or a session would end in minutes.
+    session_clock: Clock | None = None
 
     @property
     def zone(self) -> ZoneInfo:

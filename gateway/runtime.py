@@ -83,9 +83,12 @@ def webhook_targets(settings: GatewaySettings) -> list[WebhookTarget]:
 
 class GatewayRuntime:
     def __init__(self, settings: GatewaySettings, clock: Clock | None = None, *,
-                 dashboard_only: bool = False) -> None:
+                 dashboard_only: bool = False, session_clock: Clock | None = None) -> None:
+        """``clock``: drying time (readings, batches, alerts); ``session_clock``: logins and
+        sessions, if they must not follow an accelerated ``clock`` (the demo)."""
         self.settings = settings
         self.clock = clock or SystemClock()
+        self.session_clock = session_clock
         self.dashboard_only = dashboard_only
         self.context: GatewayContext | None = None
         self.ingest: Ingest | None = None
@@ -114,7 +117,7 @@ class GatewayRuntime:
         context = GatewayContext(settings=settings, store=store, metadata=metadata,
                                  publisher=self._publisher, clock=self.clock,
                                  ingest_stats=self.ingest.stats, started_at=self.clock.now(),
-                                 live=self.live)
+                                 live=self.live, session_clock=self.session_clock)
         self.context = context
         self._add_jobs(context)
         self.ingest.start()
@@ -140,7 +143,7 @@ class GatewayRuntime:
         context = GatewayContext(settings=settings, store=store, metadata=metadata,
                                  publisher=self._publisher, clock=self.clock,
                                  ingest_stats=IngestStats(), started_at=self.clock.now(),
-                                 live=self.live)
+                                 live=self.live, session_clock=self.session_clock)
         self.context = context
         self._start_api(context)
         return context

@@ -165,6 +165,19 @@ def test_a_session_ends_after_12_idle_hours(gateway: GatewayContext) -> None:
     assert response.json()["detail"] == "session expired or ended: log in again"
 
 
+
+def test_with_a_session_clock_logins_keep_their_own_time(gateway: GatewayContext) -> None:
+    """The demo's drying clock runs 600x fast; its logins follow the wall clock instead
+    (``session_clock``), so a week of drying time does not end a session."""
+    from cacao_dryer.clock import ManualClock
+
+    gateway.session_clock = ManualClock(gateway.clock.now())
+    client = logged_in_client(gateway, Role.OPERATOR)
+    gateway.clock.advance(7 * 24 * 3600)
+    assert client.get("/api/nodes").status_code == 200
+    gateway.session_clock.advance(12 * 3600 + 1)
+    assert client.get("/api/nodes").status_code == 401
+
 # --- CSRF -------------------------------------------------------------------------------
 
 def test_a_change_without_the_csrf_token_is_refused(with_node: GatewayContext) -> None:

@@ -43,7 +43,7 @@ def create_app(context: GatewayContext, *, local_actor: Actor | None = None) -> 
                   docs_url=None, redoc_url=None)
     app.state.context = context
     app.state.local_actor = local_actor
-    app.state.auth = build_auth(context.settings.api, context.clock)
+    app.state.auth = build_auth(context.settings.api, context.session_clock or context.clock)
     for name in ROUTERS:
         try:
             module = importlib.import_module(f"gateway.api.routes.{name}")
