@@ -6,20 +6,18 @@ from __future__ import annotations
 import csv
 import io
 import re
-import subprocess
-import sys
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import tomli_w
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from support import wait_for
+from support.gateway_context import registry_ingest
 from support.mosquitto import MosquittoBroker, Subscriber
+from support.nodes import NodeProcess
 
 from cacao_dryer.contract import Channel, Command, StartBatchAction, decode, utc_iso
 from firmware.simulation.dryer import DryerModel
@@ -35,7 +33,6 @@ from gateway.timeseries import StoredReading
 SITE, NODE, OTHER = "demo", "secador-01", "secador-02"
 ADMIN = Actor("ana", Role.ADMIN)
 OPERATOR = Actor("olga", Role.OPERATOR)
-EXAMPLE = Path(__file__).parent.parent / "firmware" / "examples" / "simulated.toml"
 
 
 def client_for(context: GatewayContext, actor: Actor | None = OPERATOR) -> TestClient:
@@ -59,44 +56,10 @@ def gw(gateway: GatewayContext) -> GatewayContext:
 
 # --- the whole loop with a real node ----------------------------------------------------------
 
-class SimulatedNode:
-    """``cacao-dryer node run`` on the simulated dryer, in its own process."""
-
-    def __init__(self, folder: Path, broker: MosquittoBroker, node_id: str,
-                 start: str) -> None:
-        data = tomllib.loads(EXAMPLE.read_text())
-        data |= {"node_id": node_id, "site_id": SITE, "data_dir": str(folder / "data"),
-                 "sample_interval_s": 10.0, "status_interval_s": 60.0}
-        data["simulation"] |= {"speed": 60.0, "start": start, "start_batch": False}
-        folder.mkdir(parents=True, exist_ok=True)
-        self.config = folder / "node.toml"
-        self.config.write_text(tomli_w.dumps(data))
-        self.log = folder / "node.log"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cacao_dryer.cli", "node", "run", "--config",
-             str(self.config), "--broker", broker.url],
-            stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
 @pytest.fixture
 def ingest(gateway: GatewayContext) -> Iterator[Ingest]:
-    """The gateway's real MQTT ingest with the real node registry (which hands batch events
-    to gateway.batches)."""
-    service = Ingest(gateway.settings, gateway.store,
-                     NodeRegistry(gateway.metadata, gateway.clock))
-    service.start()
-    wait_for(lambda: service.connected, 10, "ingest connected")
-    yield service
-    service.stop()
+    with registry_ingest(gateway) as service:
+        yield service
 
 
 @pytest.mark.integration
@@ -104,7 +67,8 @@ def test_a_real_node_takes_the_batch_and_its_telemetry_carries_it(
         gateway: GatewayContext, ingest: Ingest, mosquitto: MosquittoBroker,
         tmp_path: Path) -> None:
     node_id = "secador-it"
-    node = SimulatedNode(tmp_path / "node", mosquitto, node_id, utc_iso(gateway.clock.now()))
+    node = NodeProcess(tmp_path / "node", mosquitto, site_id=SITE, node_id=node_id,
+                       start=utc_iso(gateway.clock.now())).start()
     client = client_for(gateway)
     try:
         wait_for(lambda: client.get(f"/api/nodes/{SITE}/{node_id}").status_code == 200, 30,

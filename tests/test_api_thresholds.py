@@ -6,21 +6,17 @@ applied by the node, also after the node was offline, and a refused config is vi
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import tomllib
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import tomli_w
 from fastapi.testclient import TestClient
 from support import wait_for
+from support.gateway_context import registry_ingest
 from support.mosquitto import MosquittoBroker, Subscriber
+from support.nodes import NodeProcess
 
 from cacao_dryer.contract import Channel, Thresholds, topic
 from gateway import thresholds as service
@@ -29,11 +25,9 @@ from gateway.api.deps import Actor, Role
 from gateway.context import GatewayContext
 from gateway.ingest import Ingest
 from gateway.metadata.models import Batch, Node, Site
-from gateway.registry import NodeRegistry
 
 SITE, NODE = "demo", "secador-01"
 TECHNICIAN = Actor("ana", Role.TECHNICIAN)
-EXAMPLE = Path(__file__).parent.parent / "firmware" / "examples" / "simulated.toml"
 
 
 def client_for(context: GatewayContext, actor: Actor | None = TECHNICIAN) -> TestClient:
@@ -233,58 +227,21 @@ def test_a_manager_reads_the_audit_log_filtered_and_paged(known: GatewayContext)
 
 # --- end to end with a real node --------------------------------------------------------------
 
-class NodeProcess:
-    """A real ``cacao-dryer node run`` with the simulated dryer, on the private broker."""
-
-    def __init__(self, folder: Path, broker: MosquittoBroker, start: str) -> None:
-        data = tomllib.loads(EXAMPLE.read_text())
-        data |= {"node_id": NODE, "site_id": SITE, "data_dir": str(folder / "data"),
-                 "sample_interval_s": 5.0, "status_interval_s": 30.0}
-        data["simulation"] |= {"speed": 10.0, "start": start, "start_batch": False}
-        self.config = folder / "node.toml"
-        self.config.write_text(tomli_w.dumps(data))
-        self.broker = broker
-        self.log = folder / "node.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cacao_dryer.cli", "node", "run", "--config",
-             str(self.config), "--broker", self.broker.url],
-            stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(30)
-
-    def applied_config(self) -> dict[str, Any]:
-        return json.loads((self.config.parent / "data" / "config.json").read_text())
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-
 @pytest.fixture
 def node(tmp_path: Path, mosquitto: MosquittoBroker, gateway: GatewayContext
          ) -> Iterator[NodeProcess]:
     (tmp_path / "node").mkdir()
-    process = NodeProcess(tmp_path / "node", mosquitto, gateway.clock.now().isoformat())
+    process = NodeProcess(tmp_path / "node", mosquitto, site_id=SITE, node_id=NODE,
+                          start=gateway.clock.now().isoformat(), speed=10.0,
+                          sample_interval_s=5.0, status_interval_s=30.0)
     yield process
     process.kill()
 
 
 @pytest.fixture
 def ingest(gateway: GatewayContext) -> Iterator[Ingest]:
-    """The gateway's real ingest with the real node registry as its listener."""
-    service_ = Ingest(gateway.settings, gateway.store,
-                      NodeRegistry(gateway.metadata, gateway.clock))
-    service_.start()
-    wait_for(lambda: service_.connected, 10, "the ingest to connect")
-    yield service_
-    service_.stop()
+    with registry_ingest(gateway) as service:
+        yield service
 
 
 def node_in_db(context: GatewayContext) -> Node | None:

@@ -4,22 +4,20 @@ Mosquitto), roles, one-line errors, and the whole loop with a real simulated nod
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import tomllib
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-import tomli_w
 from alembic import command as alembic
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from support import wait_for
 from support.auth import add_user, api_settings, log_in
+from support.gateway_context import registry_ingest
 from support.mosquitto import MosquittoBroker, Subscriber
+from support.nodes import NodeProcess
 
 from cacao_dryer.contract import (
     Channel,
@@ -44,7 +42,6 @@ BASE = f"/api/calibration/{SITE}/{NODE}"
 TECHNICIAN = Actor("tomas", Role.TECHNICIAN)
 OPERATOR = Actor("olga", Role.OPERATOR)
 CONFIG_CURVE = [[0.8, 6.0], [1.2, 10.0], [1.8, 20.0], [2.6, 40.0], [3.2, 60.0]]
-EXAMPLE = Path(__file__).parent.parent / "firmware" / "examples" / "simulated.toml"
 
 
 def app_for(context: GatewayContext, actor: Actor | None) -> FastAPI:
@@ -392,41 +389,10 @@ def test_the_routes_are_in_the_api_schema(gw: GatewayContext) -> None:
 
 # --- the whole loop with a real node ----------------------------------------------------------
 
-class SimulatedNode:
-    """``cacao-dryer node run`` on the simulated dryer, in its own process."""
-
-    def __init__(self, folder: Path, broker: MosquittoBroker, node_id: str,
-                 start: str) -> None:
-        data = tomllib.loads(EXAMPLE.read_text())
-        data |= {"node_id": node_id, "site_id": SITE, "data_dir": str(folder / "data"),
-                 "sample_interval_s": 10.0, "status_interval_s": 60.0}
-        data["simulation"] |= {"speed": 60.0, "start": start, "start_batch": False}
-        folder.mkdir(parents=True, exist_ok=True)
-        config = folder / "node.toml"
-        config.write_text(tomli_w.dumps(data))
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cacao_dryer.cli", "node", "run", "--config", str(config),
-             "--broker", broker.url],
-            stdout=(folder / "node.log").open("ab"), stderr=subprocess.STDOUT)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
 @pytest.fixture
 def ingest(gateway: GatewayContext) -> Iterator[Ingest]:
-    service = Ingest(gateway.settings, gateway.store,
-                     NodeRegistry(gateway.metadata, gateway.clock))
-    service.start()
-    wait_for(lambda: service.connected, 10, "ingest connected")
-    yield service
-    service.stop()
+    with registry_ingest(gateway) as service:
+        yield service
 
 
 @pytest.mark.integration
@@ -435,7 +401,8 @@ def test_a_real_node_applies_a_calibration_saved_through_the_api(
         tmp_path: Path) -> None:
     node_id = "secador-cal"
     base = f"/api/calibration/{SITE}/{node_id}"
-    node = SimulatedNode(tmp_path / "node", mosquitto, node_id, utc_iso(gateway.clock.now()))
+    node = NodeProcess(tmp_path / "node", mosquitto, site_id=SITE, node_id=node_id,
+                       start=utc_iso(gateway.clock.now())).start()
     client = client_for(gateway)
     try:
         def current() -> dict | None:

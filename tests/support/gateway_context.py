@@ -11,8 +11,10 @@ from pathlib import Path
 from cacao_dryer.clock import ManualClock
 from gateway.config import parse_gateway_config
 from gateway.context import GatewayContext
+from gateway.ingest import Ingest
 from gateway.metadata.database import open_metadata
 from gateway.mqtt_out import MqttPublisher
+from gateway.registry import NodeRegistry
 from gateway.stores.sqlite import SqliteStore
 from support import wait_for
 from support.mosquitto import MosquittoBroker
@@ -38,3 +40,17 @@ def gateway_context(folder: Path, broker: MosquittoBroker, metadata_url: str,
         publisher.stop()
         metadata.close()
         store.close()
+
+
+@contextmanager
+def registry_ingest(context: GatewayContext) -> Iterator[Ingest]:
+    """The gateway's real MQTT ingest with the real node registry as its listener (which
+    hands config, batch and command events to thresholds, batches and calibrations)."""
+    service = Ingest(context.settings, context.store,
+                     NodeRegistry(context.metadata, context.clock))
+    service.start()
+    wait_for(lambda: service.connected, 10, "the ingest to connect")
+    try:
+        yield service
+    finally:
+        service.stop()
