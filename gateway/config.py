@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from cacao_dryer.contract import AlertKind, Identifier
 from firmware.config import parse_broker_url, read_toml, validate_config
@@ -137,6 +144,118 @@ class WebhookConfig(_Section):
     min_severity: Literal["info", "warning", "critical"] = "info"
 
 
+# --- notifications: e-mail, Telegram, SMS (docs/alerts.md#notifications-e-mail-telegram-sms) --
+
+class NotifyEmailConfig(_Section):
+    """An SMTP server that sends the alert e-mails."""
+
+    host: str = Field(min_length=1, description="SMTP server, e.g. smtp.gmail.com")
+    port: int = Field(587, ge=1, le=65535, description="587 starttls, 465 ssl, 25 plain")
+    security: Literal["starttls", "ssl", "plain"] = "starttls"
+    sender: str = Field(min_length=3, description='From, e.g. "Secadores <alertas@coop.pe>"')
+    username: str | None = None
+    password_file: Path | None = Field(None, description="SMTP password, kept out of the "
+                                       "config file")
+    tls_ca_file: Path | None = Field(None, description="CA certificate of a server with its "
+                                     "own certificate authority")
+    timeout_s: float = Field(20, gt=0, le=120)
+
+
+class NotifyTelegramConfig(_Section):
+    """A Telegram bot (create it with @BotFather) that writes to people's chats."""
+
+    token_file: Path = Field(description="The bot token, kept out of the config file")
+    api_url: str = Field("https://api.telegram.org", description="Bot API base URL")
+    timeout_s: float = Field(10, gt=0, le=120)
+
+    @field_validator("api_url")
+    @classmethod
+    def _api_url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must start with https:// (or http:// for a local test server)")
+        return value
+
+
+class NotifySmsConfig(_Section):
+    """SMS through a GSM modem: gammu-smsd (files backend) sends what appears in its outbox."""
+
+    outbox: Path = Field(description="gammu-smsd's OutboxPath, e.g. /var/spool/gammu/outbox")
+    max_parts: int = Field(3, ge=1, le=3, description="Longer messages are cut")
+
+
+class NotifyRecipientConfig(_Section):
+    """A person (or a group chat) who receives alerts, in their language."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[^/\s]+$",
+                      description="Keys the recipient's queue and history")
+    language: Literal["es", "en"] = "es"
+    email: str | None = None
+    telegram_chat_id: str | None = Field(None, description="Numeric chat id, or @channel")
+    phone: str | None = Field(None, description="E.164, e.g. +51987654321")
+    kinds: list[AlertKind] | None = Field(None, description="Alert kinds; omitted = all")
+    min_severity: Literal["info", "warning", "critical"] = Field(
+        "warning", description="info also sends target_reached (beans ready to unload)")
+    sites: list[Identifier] | None = Field(None, description="Only these sites; omitted = all")
+    nodes: list[str] | None = Field(None, description="Only these dryers (node id or "
+                                    "site/node); omitted = all")
+    notify_closed: bool = Field(True, description="Also say when an alert is resolved")
+    quiet_hours: str | None = Field(None, description="\"21:00-06:00\" in the gateway's time "
+                                    "zone: only critical alerts then; the rest waits and "
+                                    "comes as one digest when quiet hours end")
+    max_messages_per_hour: int = Field(6, ge=1, le=60, description="Per channel; beyond "
+                                       "it alerts wait and come as one digest")
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _quiet(cls, value: str | None) -> str | None:
+        from gateway.notify.rules import QuietHours
+
+        return None if value is None else str(QuietHours.parse(value))
+
+    @field_validator("email", "telegram_chat_id", "phone")
+    @classmethod
+    def _address(cls, value: str | None, info: ValidationInfo) -> str | None:
+        from gateway.notify.channels import ChannelName, check_address
+
+        channel = {"email": ChannelName.EMAIL, "telegram_chat_id": ChannelName.TELEGRAM,
+                   "phone": ChannelName.SMS}[str(info.field_name)]
+        return None if value is None else check_address(channel, value.strip())
+
+
+class NotifyConfig(_Section):
+    """``[notify]``: channels, then ``[[notify.recipients]]``."""
+
+    email: NotifyEmailConfig | None = None
+    telegram: NotifyTelegramConfig | None = None
+    sms: NotifySmsConfig | None = None
+    recipients: list[NotifyRecipientConfig] = Field(default_factory=list)
+    flap_after: int = Field(3, ge=2, le=20, description="Openings of one alert kind on one "
+                            "dryer within flap_window_min that make it 'flapping' (summarised)")
+    flap_window_min: float = Field(60, ge=5, le=24 * 60)
+    give_up_after_h: float = Field(12, gt=0, le=72, description="Stop retrying a message "
+                                   "(logged, counted as failed)")
+
+    @model_validator(mode="after")
+    def _recipients(self) -> NotifyConfig:
+        names = [recipient.name for recipient in self.recipients]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"recipient {name!r} is configured twice")
+        for recipient in self.recipients:
+            wanted = {("email", "email"): (recipient.email, self.email),
+                      ("telegram_chat_id", "telegram"): (recipient.telegram_chat_id,
+                                                         self.telegram),
+                      ("phone", "sms"): (recipient.phone, self.sms)}
+            if not any(address for address, _ in wanted.values()):
+                raise ValueError(f"recipient {recipient.name!r} has no email, "
+                                 f"telegram_chat_id or phone")
+            for (key, channel), (address, section) in wanted.items():
+                if address and section is None:
+                    raise ValueError(f"recipient {recipient.name!r}: {key} is set but "
+                                     f"[notify.{channel}] is not configured")
+        return self
+
+
 Storage = Annotated[SqliteStorage | InfluxDB1Storage | InfluxDB2Storage,
                     Field(discriminator="kind")]
 
@@ -150,6 +269,7 @@ class GatewaySettings(_Section):
     storage: Storage = SqliteStorage(kind="sqlite")
     metadata: MetadataConfig = MetadataConfig()
     webhooks: list[WebhookConfig] = Field(default_factory=list)
+    notify: NotifyConfig = NotifyConfig()
     api: ApiConfig = ApiConfig()
     timezone: str = Field("America/Lima", description="Local time zone of the site(s): nights, "
                           "daily reports")

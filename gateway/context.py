@@ -40,6 +40,7 @@ class GatewayContext:
     # Logins, sessions and the login throttle; None = ``clock``. The demo runs drying time
     # 600x fast but keeps logins on the wall clock, or a session would end in minutes.
     session_clock: Clock | None = None
+    notifications: Any = None  # gateway.notify.service.NotificationService, if configured
 
     @property
     def zone(self) -> ZoneInfo:

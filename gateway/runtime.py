@@ -31,6 +31,7 @@ from gateway.live import FanOutListener, LiveHub
 from gateway.live_feed import LiveFeed
 from gateway.metadata.database import open_metadata
 from gateway.mqtt_out import MqttPublisher
+from gateway.notify.service import NotificationService, notification_service
 from gateway.registry import NodeRegistry
 from gateway.webhooks import WebhookSender, WebhookTarget
 
@@ -98,6 +99,7 @@ class GatewayRuntime:
         self.live = LiveHub()
         self._publisher: MqttPublisher | None = None
         self._webhooks: WebhookSender | None = None
+        self._notifications: NotificationService | None = None
 
     def start(self) -> GatewayContext:
         if self.dashboard_only:
@@ -174,6 +176,12 @@ class GatewayRuntime:
                                            targets, clock=self.clock)
             self._webhooks.start()
             notifiers.append(self._webhooks.enqueue)
+        # E-mail, Telegram, SMS to the people in [notify] (None without recipients).
+        self._notifications = notification_service(self.settings, self.clock)
+        if self._notifications is not None:
+            self._notifications.start()
+            notifiers.append(self._notifications.enqueue)
+        context.notifications = self._notifications
         context.alerts = AlertService(context, notifiers=notifiers)
         self.jobs.add("alerts", ALERT_EVERY_S, context.alerts.run_round)
         self.jobs.add("thresholds", RECONCILE_EVERY_S, lambda: thresholds.reconcile(context))
@@ -182,6 +190,8 @@ class GatewayRuntime:
         self.jobs.stop()
         if self._webhooks is not None:
             self._webhooks.stop()
+        if self._notifications is not None:
+            self._notifications.close()
         self.live.close()  # ends open live streams, or the web server waits for them forever
         if self.api is not None:
             self.api.stop()

@@ -19,6 +19,10 @@ queued (an "opened" never arrives after its "closed"). Retry policy: exponential
 jitter (``retry_delay_s``, a pure function), at least the server's ``Retry-After`` on
 429/503; 2xx = delivered; 408, 429, 5xx, timeouts and connection errors = retry; any other
 status = permanent failure, logged. Details: docs/alerts.md.
+
+**The queue itself** (``DeliveryQueue``) knows nothing about HTTP: it stores opaque bodies per
+target and calls a ``deliver`` function returning an ``Attempt``; e-mail, Telegram and SMS
+notifications (``gateway.notify``) use the same queue, retry policy and worker.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -67,7 +71,8 @@ PRUNE_EVERY_S = 3600.0
 
 
 class WebhookQueueError(CacaoDryerError, OSError):
-    """The webhook delivery queue file cannot be opened or written (names the file)."""
+    """A delivery queue file (webhooks, notifications) cannot be opened or written (names
+    the file)."""
 
 
 # --- MQTT ---------------------------------------------------------------------------------
@@ -320,31 +325,49 @@ def _at(epoch_s: float | None) -> datetime | None:
     return None if epoch_s is None else datetime.fromtimestamp(epoch_s, UTC)
 
 
-class WebhookSender:
-    """Queues alert notices for webhook targets in SQLite and delivers them from one worker
-    thread (``start``/``stop``), or synchronously with ``run_due`` (tests, tools).
+@dataclass(frozen=True)
+class Attempt:
+    """What one delivery attempt came to: delivered, retry later (no sooner than
+    ``retry_after_s`` if the receiver said so) or give up; ``status`` is an HTTP (or SMTP)
+    code when there was one, ``error`` one line for the log and the queue."""
 
-    ``clock`` and ``random`` are injected so tests drive time and jitter; ``idle_poll_s``
-    bounds how long the worker sleeps (real seconds) before it looks at the clock again.
+    outcome: Outcome
+    status: int | None = None
+    error: str | None = None
+    retry_after_s: float | None = None
+
+
+class DeliveryQueue:
+    """The durable queue behind webhooks and notifications: deliveries wait in SQLite
+    (``synchronous=FULL``: queued = on disk), one worker thread attempts those due, oldest
+    first per target, with ``RetryPolicy`` backoff; a target's next delivery waits until the
+    one before it is delivered or given up.
+
+    ``deliver(delivery) -> Attempt`` does the sending (an HTTP POST, an e-mail, a file);
+    ``has_target(key)`` says whether a queued target is still configured (if not, its
+    deliveries fail with a reason). ``before_round`` runs in the worker before each look at
+    the queue (notifications release held messages there). ``label`` names the queue in logs
+    ("webhook", "notification").
     """
 
-    def __init__(self, path: Path, targets: Sequence[WebhookTarget], *,
+    def __init__(self, path: Path, deliver: Callable[[Delivery], Attempt], *,
+                 has_target: Callable[[str], bool], label: str = "webhook",
                  policy: RetryPolicy | None = None, clock: Clock | None = None,
                  random: Callable[[], float] = random_module.random,
-                 keep_finished_s: float = 7 * 24 * 3600.0, idle_poll_s: float = 1.0) -> None:
-        keys = [target.key for target in targets]
-        duplicates = sorted({key for key in keys if keys.count(key) > 1})
-        if duplicates:
-            raise ConfigError(f"webhooks: target {duplicates[0]!r} is configured twice "
-                              f"(give each a distinct name)")
+                 keep_finished_s: float = 7 * 24 * 3600.0, idle_poll_s: float = 1.0,
+                 before_round: Callable[[], object] | None = None,
+                 extra_schema: str = "") -> None:
         self.path = path
-        self.targets = {target.key: target for target in targets}
+        self.label = label
         self.policy = policy or RetryPolicy()
         self.clock: Clock = clock or SystemClock()
+        self._deliver = deliver
+        self._has_target = has_target
         self._random = random
         self._keep_finished_s = keep_finished_s
         self._idle_poll_s = idle_poll_s
-        self._db_lock = threading.Lock()
+        self._before_round = before_round
+        self._db_lock = threading.RLock()
         self._send_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -355,44 +378,53 @@ class WebhookSender:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")  # queued = on disk, power cut or not
-            self._db.executescript(_SCHEMA)
+            self._db.executescript(_SCHEMA + extra_schema)
         except (OSError, sqlite3.Error) as exc:
-            raise WebhookQueueError(f"webhook queue {path}: cannot open ({exc})") from None
-        self._http = httpx.Client(timeout=self.policy.timeout_s, follow_redirects=False,
-                                  headers={"User-Agent": f"cacao-dryer-gateway/{__version__}"})
+            raise WebhookQueueError(f"{label} queue {path}: cannot open ({exc})") from None
 
     # --- queueing -----------------------------------------------------------------------------
 
-    def enqueue(self, notice: AlertNotice) -> list[str]:
-        """Queue ``notice`` for every target that wants it; durable when this returns.
-        Returns the delivery ids (one per target)."""
-        body = encode(notice)
-        event = event_of(notice)
-        alert = f"{notice.site_id}/{notice.node_id}/{notice.kind.value}#{notice.alert_id}"
-        now = self.clock.now().timestamp()
-        rows = [(uuid.uuid4().hex, target.key, event, alert, body, now, now)
-                for target in self.targets.values() if target.wants(notice)]
-        if not rows:
-            return []
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction on the queue's database (``BEGIN IMMEDIATE`` ... ``COMMIT``):
+        callers add deliveries (``insert``) and their own rows atomically."""
         with self._db_lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                self._db.executemany(
-                    "INSERT INTO deliveries (delivery_id, target, event, alert, body, "
-                    "created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                yield self._db
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
-                raise WebhookQueueError(f"webhook queue {self.path}: cannot queue {alert} "
-                                        f"({exc})") from None
+                raise WebhookQueueError(f"{self.label} queue {self.path}: {exc}") from None
+            except BaseException:
+                self._rollback()
+                raise
+
+    def insert(self, db: sqlite3.Connection, target: str, event: str, alert: str,
+               body: bytes) -> str:
+        """Add one delivery inside ``transaction()``; returns its id."""
+        delivery_id = uuid.uuid4().hex
+        now = self.clock.now().timestamp()
+        db.execute("INSERT INTO deliveries (delivery_id, target, event, alert, body, "
+                   "created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   (delivery_id, target, event, alert, body, now, now))
+        return delivery_id
+
+    def enqueue(self, items: Sequence[tuple[str, str, str, bytes]]) -> list[str]:
+        """Queue ``(target, event, alert, body)`` items in one transaction; durable when this
+        returns. Returns the delivery ids."""
+        if not items:
+            return []
+        with self.transaction() as db:
+            ids = [self.insert(db, *item) for item in items]
         self._wake.set()
-        return [row[0] for row in rows]
+        return ids
 
     # --- delivering ---------------------------------------------------------------------------
 
     def run_due(self) -> int:
         """Attempt every delivery that is due now (the oldest pending one per target);
-        returns how many requests were made."""
+        returns how many attempts were made."""
         with self._send_lock:
             self._prune_now_and_then()
             attempts = 0
@@ -413,58 +445,44 @@ class WebhookSender:
         return [self._delivery(row) for row in rows]
 
     def _attempt(self, delivery: Delivery) -> None:
-        target = self.targets.get(delivery.target)
-        if target is None:
+        if not self._has_target(delivery.target):
             self._finish(delivery, DeliveryState.FAILED, None,
                          f"target {delivery.target!r} is no longer configured",
                          delivery.attempts)
             return
-        headers = {"Content-Type": "application/json", EVENT_HEADER: delivery.event,
-                   DELIVERY_HEADER: delivery.delivery_id,
-                   SIGNATURE_HEADER: sign(target.secret, delivery.body)}
-        status: int | None = None
-        retry_after_s: float | None = None
         try:
-            with self._http.stream("POST", target.url, content=delivery.body,
-                                   headers=headers) as response:
-                status = response.status_code
-                if status in (429, 503):
-                    retry_after_s = parse_retry_after(response.headers.get("Retry-After"),
-                                                      self.clock.now())
-            outcome = classify_status(status)
-            error = None if outcome is Outcome.DELIVERED else f"HTTP {status}"
-        except httpx.TimeoutException:
-            outcome, error = Outcome.RETRY, f"no answer within {self.policy.timeout_s:g} s"
-        except httpx.TransportError as exc:  # refused, reset, DNS, TLS ...
-            outcome, error = Outcome.RETRY, f"{type(exc).__name__}: {exc}"
-        except httpx.HTTPError as exc:  # an invalid URL and the like: will not get better
-            outcome, error = Outcome.GIVE_UP, f"{type(exc).__name__}: {exc}"
-        if outcome is Outcome.DELIVERED:
-            self._finish(delivery, DeliveryState.DELIVERED, status, None)
-            log.info("webhook %s: %s %s delivered", target.key, delivery.event,
+            result = self._deliver(delivery)
+        except Exception as exc:  # a bug in one channel must not stop the queue
+            result = Attempt(Outcome.RETRY, None, f"{type(exc).__name__}: {exc}")
+        label, target = self.label, delivery.target
+        if result.outcome is Outcome.DELIVERED:
+            self._finish(delivery, DeliveryState.DELIVERED, result.status, None)
+            log.info("%s %s: %s %s delivered", label, target, delivery.event,
                      delivery.delivery_id)
             return
         attempts = delivery.attempts + 1
-        if outcome is Outcome.GIVE_UP:
-            self._finish(delivery, DeliveryState.FAILED, status, error, attempts)
-            log.error("webhook %s: %s %s refused (%s): given up", target.key, delivery.event,
+        error = result.error or f"status {result.status}"
+        if result.outcome is Outcome.GIVE_UP:
+            self._finish(delivery, DeliveryState.FAILED, result.status, error, attempts)
+            log.error("%s %s: %s %s refused (%s): given up", label, target, delivery.event,
                       delivery.delivery_id, error)
             return
         now = self.clock.now()
-        delay_s = retry_delay_s(self.policy, attempts, self._random(), retry_after_s)
+        delay_s = retry_delay_s(self.policy, attempts, self._random(), result.retry_after_s)
         age_s = now.timestamp() + delay_s - delivery.created_at.timestamp()
         if attempts >= self.policy.max_attempts or age_s > self.policy.max_age_s:
             why = (f"{attempts} attempts" if attempts >= self.policy.max_attempts
                    else f"older than {self.policy.max_age_s:g} s")
-            self._finish(delivery, DeliveryState.FAILED, status, f"{error}; {why}", attempts)
-            log.error("webhook %s: %s %s given up after %s (last: %s)", target.key,
+            self._finish(delivery, DeliveryState.FAILED, result.status, f"{error}; {why}",
+                         attempts)
+            log.error("%s %s: %s %s given up after %s (last: %s)", label, target,
                       delivery.event, delivery.delivery_id, why, error)
             return
         self._execute("UPDATE deliveries SET attempts = ?, next_attempt_at = ?, last_status = ?, "
                       "last_error = ? WHERE delivery_id = ?",
-                      (attempts, now.timestamp() + delay_s, status,
-                       (error or "")[:MAX_ERROR_CHARS], delivery.delivery_id))
-        log.warning("webhook %s: %s %s failed (%s), attempt %d; next in %.0f s", target.key,
+                      (attempts, now.timestamp() + delay_s, result.status,
+                       error[:MAX_ERROR_CHARS], delivery.delivery_id))
+        log.warning("%s %s: %s %s failed (%s), attempt %d; next in %.0f s", label, target,
                     delivery.event, delivery.delivery_id, error, attempts, delay_s)
 
     def _finish(self, delivery: Delivery, state: DeliveryState, status: int | None,
@@ -479,13 +497,13 @@ class WebhookSender:
 
     def start(self) -> None:
         if self._thread is not None:
-            raise RuntimeError("webhook sender already started")
+            raise RuntimeError(f"{self.label} sender already started")
         self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="webhooks", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=f"{self.label}s", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop the worker after the request in flight (at most one request timeout)."""
+        """Stop the worker after the attempt in flight (at most one request timeout)."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
@@ -494,7 +512,6 @@ class WebhookSender:
 
     def close(self) -> None:
         self.stop()
-        self._http.close()
         with self._db_lock:
             self._db.close()
 
@@ -505,11 +522,13 @@ class WebhookSender:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
+                if self._before_round is not None:
+                    self._before_round()
                 if self.run_due():
                     continue
                 wait_s = self._seconds_until_due()
             except Exception as exc:  # a full disk must not end deliveries for good
-                log.error("webhook queue %s: %s", self.path, exc)
+                log.error("%s queue %s: %s", self.label, self.path, exc)
                 wait_s = self._idle_poll_s
             self._wake.wait(min(self._idle_poll_s, wait_s))
             self._wake.clear()
@@ -519,7 +538,7 @@ class WebhookSender:
                            ())
         if not rows or rows[0][0] is None:
             return self._idle_poll_s
-        return max(0.0, rows[0][0] - self.clock.now().timestamp())
+        return max(0.0, float(rows[0][0]) - self.clock.now().timestamp())  # type: ignore[arg-type]
 
     def _prune_now_and_then(self) -> None:
         if time.monotonic() - self._pruned_at >= PRUNE_EVERY_S:
@@ -544,7 +563,17 @@ class WebhookSender:
     def counts(self) -> dict[DeliveryState, int]:
         """Deliveries by state, for /metrics and the health page."""
         found = dict(self._query("SELECT state, COUNT(*) FROM deliveries GROUP BY state", ()))
-        return {state: int(found.get(state.value, 0)) for state in DeliveryState}
+        return {state: int(found.get(state.value, 0)) for state in DeliveryState}  # type: ignore[call-overload]
+
+    def deliveries(self, target_prefix: str = "") -> list[Delivery]:
+        """Every kept delivery (oldest first) whose target starts with ``target_prefix``."""
+        rows = self._query(f"SELECT {_COLUMNS} FROM deliveries WHERE substr(target, 1, ?) = ? "
+                           f"ORDER BY seq", (len(target_prefix), target_prefix))
+        return [self._delivery(row) for row in rows]
+
+    def query(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        """Read-only SQL on the queue's database (the notification tables live there too)."""
+        return self._query(sql, params)
 
     # --- SQLite -------------------------------------------------------------------------------
 
@@ -569,8 +598,120 @@ class WebhookSender:
                         DeliveryState(state), last_status, last_error,  # type: ignore[arg-type]
                         _at(finished_at))  # type: ignore[arg-type]
 
+
+class WebhookSender:
+    """Queues alert notices for webhook targets (a ``DeliveryQueue``) and POSTs them from one
+    worker thread (``start``/``stop``), or synchronously with ``run_due`` (tests, tools).
+
+    ``clock`` and ``random`` are injected so tests drive time and jitter; ``idle_poll_s``
+    bounds how long the worker sleeps (real seconds) before it looks at the clock again.
+    """
+
+    def __init__(self, path: Path, targets: Sequence[WebhookTarget], *,
+                 policy: RetryPolicy | None = None, clock: Clock | None = None,
+                 random: Callable[[], float] = random_module.random,
+                 keep_finished_s: float = 7 * 24 * 3600.0, idle_poll_s: float = 1.0) -> None:
+        keys = [target.key for target in targets]
+        duplicates = sorted({key for key in keys if keys.count(key) > 1})
+        if duplicates:
+            raise ConfigError(f"webhooks: target {duplicates[0]!r} is configured twice "
+                              f"(give each a distinct name)")
+        self.path = path
+        self.targets = {target.key: target for target in targets}
+        self.queue = DeliveryQueue(path, self._post, has_target=self.targets.__contains__,
+                                   label="webhook", policy=policy, clock=clock, random=random,
+                                   keep_finished_s=keep_finished_s, idle_poll_s=idle_poll_s)
+        self.policy = self.queue.policy
+        self.clock = self.queue.clock
+        self._http = httpx.Client(timeout=self.policy.timeout_s, follow_redirects=False,
+                                  headers={"User-Agent": f"cacao-dryer-gateway/{__version__}"})
+
+    def enqueue(self, notice: AlertNotice) -> list[str]:
+        """Queue ``notice`` for every target that wants it; durable when this returns.
+        Returns the delivery ids (one per target)."""
+        body = encode(notice)
+        event = event_of(notice)
+        alert = f"{notice.site_id}/{notice.node_id}/{notice.kind.value}#{notice.alert_id}"
+        return self.queue.enqueue([(target.key, event, alert, body)
+                                   for target in self.targets.values() if target.wants(notice)])
+
+    def _post(self, delivery: Delivery) -> Attempt:
+        target = self.targets[delivery.target]
+        headers = {"Content-Type": "application/json", EVENT_HEADER: delivery.event,
+                   DELIVERY_HEADER: delivery.delivery_id,
+                   SIGNATURE_HEADER: sign(target.secret, delivery.body)}
+        return post_attempt(self._http, target.url, headers, self.clock.now,
+                            self.policy.timeout_s, content=delivery.body)
+
+    # --- the queue's interface ----------------------------------------------------------------
+
+    def run_due(self) -> int:
+        """Attempt every delivery that is due now; returns how many requests were made."""
+        return self.queue.run_due()
+
+    def start(self) -> None:
+        self.queue.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the worker after the request in flight (at most one request timeout)."""
+        self.queue.stop(timeout)
+
+    def close(self) -> None:
+        self.queue.close()
+        self._http.close()
+
+    def wake(self) -> None:
+        self.queue.wake()
+
+    def prune(self) -> int:
+        return self.queue.prune()
+
+    def get(self, delivery_id: str) -> Delivery | None:
+        return self.queue.get(delivery_id)
+
+    def counts(self) -> dict[DeliveryState, int]:
+        return self.queue.counts()
+
     def __enter__(self) -> WebhookSender:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def post_attempt(http: httpx.Client, url: str, headers: dict[str, str],
+                 now: Callable[[], datetime], timeout_s: float, *,
+                 content: bytes | None = None, json_body: object = None,
+                 redact: str | None = None,
+                 retry_after_in_body: Callable[[bytes], float | None] | None = None
+                 ) -> Attempt:
+    """One HTTP POST, its answer classified (``classify_status``); the response body is not
+    read, except (at most 64 KiB) on 429/503 when ``retry_after_in_body`` finds the wait in it
+    (Telegram puts it there). Timeouts and transport errors are retried, other client errors
+    (an invalid URL) given up. ``redact`` (a token in the URL) never appears in the error."""
+    status: int | None = None
+    retry_after_s: float | None = None
+    try:
+        with http.stream("POST", url, headers=headers, content=content,
+                         json=json_body) as response:
+            status = response.status_code
+            if status in (429, 503):
+                retry_after_s = parse_retry_after(response.headers.get("Retry-After"), now())
+                if retry_after_s is None and retry_after_in_body is not None:
+                    body = b""
+                    for chunk in response.iter_bytes():
+                        body += chunk
+                        if len(body) > 65536:
+                            break
+                    retry_after_s = retry_after_in_body(body[:65536])
+        outcome = classify_status(status)
+        error = None if outcome is Outcome.DELIVERED else f"HTTP {status}"
+    except httpx.TimeoutException:
+        outcome, error = Outcome.RETRY, f"no answer within {timeout_s:g} s"
+    except httpx.TransportError as exc:  # refused, reset, DNS, TLS ...
+        outcome, error = Outcome.RETRY, f"{type(exc).__name__}: {exc}"
+    except httpx.HTTPError as exc:  # an invalid URL and the like: will not get better
+        outcome, error = Outcome.GIVE_UP, f"{type(exc).__name__}: {exc}"
+    if error is not None and redact:
+        error = error.replace(redact, "<token>")
+    return Attempt(outcome, status, error, retry_after_s)

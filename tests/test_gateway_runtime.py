@@ -94,8 +94,10 @@ def test_unreadable_metadata_password_file_is_a_one_line_config_error(tmp_path: 
         metadata_url(settings)
 
 
-def test_alert_reaches_a_webhook_through_the_whole_gateway(tmp_path: Path,
-                                                           mosquitto: MosquittoBroker) -> None:
+def test_alert_reaches_a_webhook_and_a_phone_through_the_whole_gateway(
+        tmp_path: Path, mosquitto: MosquittoBroker) -> None:
+    """One over-temperature alert: a signed webhook delivery, and an SMS file in the
+    gammu outbox for the operator on duty ([notify]), counted in /metrics."""
     import http.server
     import json
     import threading
@@ -129,7 +131,11 @@ def test_alert_reaches_a_webhook_through_the_whole_gateway(tmp_path: Path,
         "webhooks": [{"name": "cooperative-office", "url":
                       f"http://127.0.0.1:{server.server_port}/alerts",
                       "secret_file": str(tmp_path / "hook-secret"),
-                      "kinds": ["over_temperature"]}]})
+                      "kinds": ["over_temperature"]}],
+        "notify": {"sms": {"outbox": str(tmp_path / "sms-outbox")},
+                   "recipients": [{"name": "luis", "language": "es",
+                                   "phone": "+51987654321"}]}})
+    (tmp_path / "sms-outbox").mkdir()
     clock = ManualClock(datetime.now(UTC))
     runtime = GatewayRuntime(settings, clock=clock)
     context = runtime.start()
@@ -160,6 +166,13 @@ def test_alert_reaches_a_webhook_through_the_whole_gateway(tmp_path: Path,
         notice, delivery_id = received[0]
         assert notice["kind"] == "over_temperature" and notice["state"] == "open"
         assert delivery_id
+        wait_for(lambda: list((tmp_path / "sms-outbox").iterdir()), timeout=15,
+                 what="the SMS in the gammu outbox")
+        [sms] = (tmp_path / "sms-outbox").iterdir()
+        assert sms.name.startswith("OUT") and "+51987654321" in sms.name
+        assert "64" in sms.read_text(encoding="utf-16")  # the temperature, in Spanish
+        metrics = api.get("/metrics").text
+        assert 'cacao_notifications{channel="sms",state="delivered"} 1.0' in metrics
     finally:
         api.close()
         node.loop_stop()

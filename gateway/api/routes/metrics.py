@@ -71,6 +71,23 @@ class GatewayCollector(Collector):
                                      .where(Batch.ended_at.is_(None))) or 0
         yield from (nodes, silence, missing, alerts)
         yield GaugeMetricFamily("cacao_batches_running", "Batches drying now", value=running)
+        yield from self._notifications()
+
+    def _notifications(self) -> Iterator[Metric]:
+        service = self.context.notifications
+        if service is None:
+            return
+        sent = GaugeMetricFamily("cacao_notifications", "Notification messages (kept 7 days) "
+                                 "by channel and delivery state", labels=["channel", "state"])
+        for (channel, state), count in sorted(service.counts().items()):
+            sent.add_metric([channel.value, state.value], count)
+        yield sent
+        waiting = GaugeMetricFamily("cacao_notifications_waiting", "Alert notices held for "
+                                    "people, by reason (quiet hours, hourly limit, flapping)",
+                                    labels=["reason"])
+        for reason, count in sorted(service.waiting().items()):
+            waiting.add_metric([reason], count)
+        yield waiting
 
 
 @router.get("/metrics", response_class=Response, summary="Prometheus metrics")
