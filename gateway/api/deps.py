@@ -16,12 +16,14 @@ the gateway itself never sets it. See docs/security.md.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated
 from urllib.parse import parse_qs
 
 from fastapi import Depends, HTTPException, Request, status
+from pydantic import AwareDatetime, BeforeValidator
 from sqlalchemy.orm import Session
 
 from gateway.auth import SESSION_COOKIE, Auth, Identity
@@ -35,9 +37,9 @@ from gateway.auth.csrf import (
 from gateway.auth.roles import Role, may
 from gateway.context import GatewayContext
 
-__all__ = ["PUBLIC_PATHS", "Actor", "AdminDep", "ContextDep", "ManagerDep", "OperatorDep",
-           "Role", "SessionDep", "TechnicianDep", "current_actor", "get_context", "identity_of",
-           "require"]
+__all__ = ["PUBLIC_PATHS", "Actor", "AdminDep", "ContextDep", "IsoTime", "ManagerDep",
+           "OperatorDep", "Role", "SessionDep", "TechnicianDep", "current_actor", "get_context",
+           "identity_of", "require"]
 
 log = logging.getLogger("cacao_dryer.gateway.auth")
 
@@ -49,6 +51,20 @@ PUBLIC_PATHS = frozenset({
     "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
     "/login", "/lang/{code}", "/static",
 })
+
+
+def _not_a_number(value: object) -> object:
+    """Pydantic would read ``0.5`` or ``1700000000`` as seconds since 1970; the API takes
+    ISO 8601 only (docs/api.md)."""
+    if isinstance(value, int | float) or (
+            isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+(\.\d*)?\s*", value)):
+        raise ValueError("a time is ISO 8601 with a zone, e.g. 2026-11-23T15:00:00Z")
+    return value
+
+
+# A time in a query or body: ISO 8601 with a zone (``2026-11-23T15:00:00Z``); a time without
+# a zone or a bare number is refused (422).
+IsoTime = Annotated[AwareDatetime, BeforeValidator(_not_a_number)]
 
 
 @dataclass(frozen=True)

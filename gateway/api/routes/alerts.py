@@ -12,7 +12,7 @@ from sqlalchemy import select
 from cacao_dryer.contract import AlertKind, AlertSeverity
 from cacao_dryer.errors import NotFoundError
 from gateway.alert_service import AlertService
-from gateway.api.deps import ContextDep, OperatorDep, SessionDep
+from gateway.api.deps import ContextDep, IsoTime, OperatorDep, SessionDep
 from gateway.metadata.models import AlertRecord
 
 router = APIRouter(prefix="/api/alerts", tags=["alerts"])
@@ -54,7 +54,7 @@ def list_alerts(session: SessionDep, _actor: OperatorDep,
                 state: Literal["open", "closed", "all"] = "open",
                 site_id: str | None = None, node_id: str | None = None,
                 kind: AlertKind | None = None, severity: AlertSeverity | None = None,
-                batch_id: str | None = None, since: datetime | None = None,
+                batch_id: str | None = None, since: IsoTime | None = None,
                 limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                 offset: Annotated[int, Query(ge=0)] = 0) -> list[AlertOut]:
     query = select(AlertRecord).order_by(AlertRecord.opened_at.desc(),

@@ -9,10 +9,10 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field
 
 from gateway import audit
-from gateway.api.deps import Actor, Role, SessionDep, current_actor
+from gateway.api.deps import Actor, IsoTime, Role, SessionDep, current_actor
 from gateway.auth.roles import may
 
 router = APIRouter(prefix="/api/audit", tags=["audit"])
@@ -62,8 +62,8 @@ class AuditPage(BaseModel):
 @router.get("", response_model=AuditPage, summary="The audit log, newest first, filtered")
 def list_audit(
     session: SessionDep, _actor: AuditReaderDep,
-    since: Annotated[AwareDatetime | None, Query(description="At or after")] = None,
-    until: Annotated[AwareDatetime | None, Query(description="Before")] = None,
+    since: Annotated[IsoTime | None, Query(description="At or after")] = None,
+    until: Annotated[IsoTime | None, Query(description="Before")] = None,
     actor: Annotated[str | None, Query(max_length=100, description="User name")] = None,
     action: Annotated[str | None, Query(max_length=60, description=(
         "Exact action, or a prefix ending in '.' (batch.)"))] = None,

@@ -128,7 +128,9 @@ def _refuse(form: _LoginForm, code: int, detail: str, error: str,
              openapi_extra=_LOGIN_BODY,
              responses={401: {"description": WRONG_CREDENTIALS},
                         403: {"description": "account disabled, or a cross-site form"},
-                        429: {"description": "too many failed logins; see Retry-After"}})
+                        429: {"description": "too many failed logins; see Retry-After"},
+                        303: {"description": "a plain form with `next`: to that page, or "
+                              "back to /login?error=wrong|locked|disabled"}})
 def login(request: Request, context: ContextDep,
           form: Annotated[_LoginForm, Depends(_login_form)]) -> Response:
     auth: Auth = request.app.state.auth
@@ -207,7 +209,9 @@ def me(request: Request, actor: OperatorDep) -> Me:
     return _me(request, actor.username, actor.role, actor.language)
 
 
-@router.patch("/me", response_model=Me, summary="Change my language or password")
+@router.patch("/me", response_model=Me, summary="Change my language or password",
+              responses={429: {"description": "too many wrong current passwords; see "
+                                              "Retry-After"}})
 def update_me(change: MeUpdate, request: Request, session: SessionDep,
               actor: OperatorDep) -> Me:
     """A new password needs the current one; it ends the user's other sessions."""

@@ -13,13 +13,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Query
 from fastapi.responses import StreamingResponse
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from cacao_dryer.errors import PayloadError
 from cacao_dryer.measurements import MEASUREMENTS_BY_KEY
 from gateway import batches as service
-from gateway.api.deps import ContextDep, ManagerDep, OperatorDep, SessionDep
+from gateway.api.deps import ContextDep, IsoTime, ManagerDep, OperatorDep, SessionDep
 from gateway.api.routes.nodes import NodeEventOut
 from gateway.api.routes.readings import SERIES_FIELDS, UNITS, choose_bucket_s
 from gateway.context import GatewayContext
@@ -211,9 +211,9 @@ def _filter(site_id: str | None, node_id: str | None, running: bool | None,
 def list_batches(session: SessionDep, context: ContextDep, _actor: OperatorDep,
                  site_id: str | None = None, node_id: str | None = None,
                  running: bool | None = None,
-                 since: Annotated[AwareDatetime | None, Query(
+                 since: Annotated[IsoTime | None, Query(
                      description="Started at or after")] = None,
-                 until: Annotated[AwareDatetime | None, Query(
+                 until: Annotated[IsoTime | None, Query(
                      description="Started before")] = None,
                  producer: Annotated[str | None, Query(
                      max_length=200, description="Part of the producer's name")] = None,
@@ -595,7 +595,7 @@ METRIC_COLUMNS = ("moisture_source", "average_drying_rate_pct_per_h",
 def export_batches(session: SessionDep, context: ContextDep, _actor: ManagerDep,
                    site_id: str | None = None, node_id: str | None = None,
                    running: bool | None = None,
-                   since: AwareDatetime | None = None, until: AwareDatetime | None = None,
+                   since: IsoTime | None = None, until: IsoTime | None = None,
                    producer: Annotated[str | None, Query(max_length=200)] = None,
                    lot_code: Annotated[str | None, Query(max_length=64)] = None,
                    flag: Annotated[str | None, Query(description=(
