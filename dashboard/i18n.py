@@ -75,6 +75,30 @@ def catalog(language: str) -> Mapping[str, str]:
     return texts
 
 
+@cache
+def shared_keys(language: str) -> frozenset[str]:
+    """The keys of the shared file ``i18n/<language>.json`` (the top bar, cards, states,
+    units...: what every page's scripts may need)."""
+    catalog(language)  # checks the language and every file first
+    return frozenset(_read_catalog_file(CATALOG_DIR / f"{language}.json"))
+
+
+@cache
+def page_catalog(language: str, prefixes: tuple[str, ...] = ()) -> Mapping[str, str]:
+    """What one page's scripts may translate: the shared texts plus the keys starting with one
+    of ``prefixes`` (a page area's namespace, ``"alerts."``, or a part of one,
+    ``"thresholds.name_"``). Pages send only this, not every area's texts, so a page does not
+    grow with every new area.
+
+    >>> texts = page_catalog("en", ("alerts.",))
+    >>> "alerts.title" in texts, "card.fan_off" in texts, "batches.title" in texts
+    (True, True, False)
+    """
+    shared = shared_keys(language)
+    return {key: text for key, text in catalog(language).items()
+            if key in shared or key.startswith(prefixes)}
+
+
 def _read_catalog_file(path: Path) -> dict[str, str]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import json
 import pkgutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 from types import ModuleType
@@ -35,10 +36,10 @@ from dashboard.i18n import (
     LANGUAGE_COOKIE,
     LANGUAGES,
     LocaleFormat,
-    catalog,
     choose_language,
     format_datetime,
     format_number,
+    page_catalog,
     translate,
     unit,
 )
@@ -127,28 +128,34 @@ def safe_next(target: str | None) -> str:
     return target
 
 
-def _language(request: Request, actor: Actor | None) -> str:
+def page_language(request: Request, actor: Actor | None) -> str:
+    """The language of a page: the switch's cookie, the user's saved choice, the default."""
     return choose_language(request.cookies.get(LANGUAGE_COOKIE),
                            getattr(actor, "language", None))
 
 
-def _site_name(context: GatewayContext, session: Session) -> str:
+def site_name_of(context: GatewayContext, session: Session) -> str:
+    """What the top bar names: the sites' names (or ids) this gateway serves."""
     names = [site.name for site in session.scalars(select(Site).order_by(Site.site_id))]
     return " · ".join(names) if names else " · ".join(context.settings.sites)
 
 
 def render(request: Request, template: str, *, language: str, actor: Actor | None,
            context: GatewayContext, site_name: str, page: str, title_key: str,
-           status_code: int = 200, extra: dict[str, Any] | None = None,
+           status_code: int = 200, texts: Iterable[str] = (),
+           extra: dict[str, Any] | None = None,
            view: dict[str, Any] | None = None) -> HTMLResponse:
     """One page: the frame, the texts, and the JSON the page's script starts from
-    (``extra`` goes to the template and the script, ``view`` to the template only)."""
+    (``extra`` goes to the template and the script, ``view`` to the template only).
+
+    The script gets the shared texts plus the catalog keys starting with one of ``texts``
+    (its areas' namespaces, ``"alerts."``); templates may use every text."""
     fmt = LocaleFormat.of(language)
-    texts = catalog(language)
     config = {
         "page": page, "lang": language, "locale": fmt.locale, "hour_cycle": fmt.hour_cycle,
         "zone": context.settings.timezone,
-        "catalog": texts, "live_watchdog_ms": int(LIVE_WATCHDOG_S * 1000),
+        "catalog": page_catalog(language, tuple(sorted(set(texts)))),
+        "live_watchdog_ms": int(LIVE_WATCHDOG_S * 1000),
         "stale_after_s": STALE_AFTER.total_seconds(),
         "target_moisture_pct_wb": Thresholds().target_moisture_pct_wb,
         "measurements": {m.key: {"unit": unit(language, m.unit),
@@ -159,6 +166,8 @@ def render(request: Request, template: str, *, language: str, actor: Actor | Non
     variables = {
         "lang": language, "languages": LANGUAGES, "page": page, "actor": actor,
         "nav": nav_for(actor), "site_name": site_name, "title_key": title_key,
+        # what this user may do, by the API's own rule: {% if can("technician") %}
+        "can": lambda role: actor is not None and allowed(actor, Role(role)),
         "current_path": request.url.path + (f"?{request.url.query}" if request.url.query else ""),
         "t": lambda key, **params: translate(language, key, **params),
         "asset": ASSETS.url, "quote": lambda text: quote(text, safe="/"),
@@ -172,31 +181,74 @@ def render(request: Request, template: str, *, language: str, actor: Actor | Non
     return HTMLResponse(html, status_code=status_code, headers=SECURITY_HEADERS)
 
 
+@dataclass(frozen=True)
+class Frame:
+    """What every page of one request renders with: who asks, in which language, for which
+    site. ``frame(...)`` builds it; page modules use it instead of repeating ``render``'s
+    arguments."""
+
+    request: Request
+    context: GatewayContext
+    actor: Actor | None
+    language: str
+    site_name: str
+
+    def page(self, template: str, page: str, title_key: str, *, status_code: int = 200,
+             texts: Iterable[str] = (), extra: dict[str, Any] | None = None,
+             view: dict[str, Any] | None = None) -> HTMLResponse:
+        return render(self.request, template, language=self.language, actor=self.actor,
+                      context=self.context, site_name=self.site_name, page=page,
+                      title_key=title_key, status_code=status_code, texts=texts,
+                      extra=extra, view=view)
+
+    def texts(self, keys: dict[str, str]) -> dict[str, str]:
+        """code → catalog key, as code → text in this page's language."""
+        return {code: translate(self.language, key) for code, key in keys.items()}
+
+    def forbidden(self, message_key: str, *, page: str = "forbidden") -> HTMLResponse:
+        """The one 403 page: logged in, but this role may not open the page (the API's own
+        rule). ``message_key`` says what the role may not do; it gets ``{role}``."""
+        return self.page("forbidden.html", page, "error.forbidden_title", status_code=403,
+                         view={"message_key": message_key})
+
+    def not_found(self, message_key: str, what: str, *, back: str = "/",
+                  back_key: str = "nav.overview") -> HTMLResponse:
+        """The one 404 page: ``message_key`` names what is unknown (``{what}``) and the page
+        links back to ``back``."""
+        return self.page("not_found.html", "not_found", "error.not_found_title",
+                         status_code=404, view={"message_key": message_key, "what": what,
+                                                "back": back, "back_key": back_key})
+
+
+def frame(request: Request, context: GatewayContext, session: Session,
+          actor: Actor | None) -> Frame:
+    return Frame(request, context, actor, page_language(request, actor),
+                 site_name_of(context, session))
+
+
+# The texts the dryer page's scripts need beyond the shared ones (node.js, alert-items.js).
+NODE_PAGE_TEXTS = ("operator.", "alerts.")
+
+
 @router.get("/", response_class=HTMLResponse)
 def overview(request: Request, context: ContextDep, session: SessionDep,
              actor: OperatorDep) -> HTMLResponse:
-    return render(request, "overview.html", language=_language(request, actor), actor=actor,
-                  context=context, site_name=_site_name(context, session), page="overview",
-                  title_key="overview.title")
+    return frame(request, context, session, actor).page("overview.html", "overview",
+                                                        "overview.title")
 
 
 @router.get("/nodes/{site_id}/{node_id}", response_class=HTMLResponse)
 def node_page(site_id: str, node_id: str, request: Request, context: ContextDep,
               session: SessionDep, actor: OperatorDep) -> HTMLResponse:
     node = session.get(Node, (site_id, node_id))
-    language = _language(request, actor)
-    site_name = _site_name(context, session)
+    here = frame(request, context, session, actor)
     if node is None:
-        return render(request, "not_found.html", language=language, actor=actor,
-                      context=context, site_name=site_name, page="not_found",
-                      title_key="error.not_found_title", status_code=404,
-                      extra={"what": f"{site_id}/{node_id}"})
-    return render(request, "node.html", language=language, actor=actor, context=context,
-                  site_name=site_name, page="node", title_key="node.title",
-                  extra={"site_id": site_id, "node_id": node_id},
-                  view={"node_name": node.name or node_id,
-                        "first_seen_at": node.first_seen_at,
-                        "firmware_version": node.firmware_version or ""})
+        return here.not_found("error.not_found_node", f"{site_id}/{node_id}")
+    return here.page("node.html", "node", "node.title", texts=NODE_PAGE_TEXTS,
+                     extra={"site_id": site_id, "node_id": node_id},
+                     view={"node_name": node.name or node_id,
+                           "first_seen_at": node.first_seen_at,
+                           "firmware_version": node.firmware_version or ""})
 
 
 # Why a plain-form login came back (POST /api/auth/login redirects to /login?error=<code>).
@@ -207,10 +259,9 @@ LOGIN_ERRORS = {"wrong": "login.error_wrong", "locked": "login.error_locked",
 @router.get("/login", response_class=HTMLResponse)
 def login_page(request: Request, context: ContextDep, session: SessionDep,
                next: str | None = None, error: str | None = None) -> HTMLResponse:
-    return render(request, "login.html", language=_language(request, None), actor=None,
-                  context=context, site_name=_site_name(context, session), page="login",
-                  title_key="login.title", extra={"next_path": safe_next(next)},
-                  view={"error_key": LOGIN_ERRORS.get(error or "")})
+    return frame(request, context, session, None).page(
+        "login.html", "login", "login.title", extra={"next_path": safe_next(next)},
+        view={"error_key": LOGIN_ERRORS.get(error or "")})
 
 
 @router.get("/lang/{code}")

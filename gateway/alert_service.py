@@ -1,6 +1,7 @@
 """The alert job: build each node's snapshot from the stores, let the pure rules
 (``gateway.alerting``) decide, record the changes in the alerts table, and announce them
-(retained MQTT notice per node and kind; webhooks through a ``Notifier``).
+(retained MQTT notice per node and kind; webhooks through a ``Notifier``; open dashboards
+through the live hub).
 
 Runs every ``every_s`` seconds as a gateway job. Several gateways sharing one PostgreSQL may
 run it at once: the alerts table allows one open alert per node and kind (partial unique
@@ -233,11 +234,23 @@ class AlertService:
                     encode(notice), retain=True, timeout=2.0):
                 del self._unannounced[alert_id]
         for notice in notices:
+            self._to_dashboards(notice)
             for notify in self.notifiers:
                 try:
                     notify(notice)
                 except Exception as exc:  # a notifier must never stop alerting
                     log.error("alert notifier failed for alert %d: %s", notice.alert_id, exc)
+
+    def _to_dashboards(self, notice: AlertNotice) -> None:
+        """Push the alert's new state to open dashboards (the live stream's ``alert`` event,
+        the shape of ``GET /api/alerts``); best effort, like every live message."""
+        if self.context.live is None:
+            return
+        try:
+            self.context.live.publish("alert", notice.site_id, notice.node_id, notice.model_dump(
+                mode="json", exclude={"site_id", "node_id", "schema_version"}))
+        except Exception as exc:  # dashboards refetch on their next resync
+            log.warning("live update of alert %d failed: %r", notice.alert_id, exc)
 
     # --- pending conditions on disk -----------------------------------------------------------
 

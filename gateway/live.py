@@ -57,7 +57,7 @@ class LiveMessage:
     """One pushed message. ``json_data`` is serialised once, whatever the subscriber count."""
 
     seq: int
-    kind: str          # reading / status / event (the SSE event name)
+    kind: str          # reading / status / event / alert (the SSE event name)
     site_id: str
     node_id: str
     json_data: str

@@ -151,7 +151,7 @@ def test_comparison_and_report_are_the_managers(site: dict, actor: Actor) -> Non
         answer = client.get(path)
         assert answer.status_code == 403, path
         assert "text/html" in answer.headers["content-type"]
-        assert catalog("es")["batches.forbidden_title"] in answer.text
+        assert catalog("es")["error.forbidden_title"] in answer.text
         assert "L-031" not in answer.text  # nothing of the batch leaks
     for path in (f"/api/batches/{site['north']}/readings.csv", "/api/batches.csv"):
         assert client.get(path).status_code == 403, path

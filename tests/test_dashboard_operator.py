@@ -2,17 +2,20 @@
 real gateway context (SQLite, a private Mosquitto, real logins with CSRF): the dryer page
 shows each role what it may do (batch forms and acknowledge for everyone, the manual override
 for technicians only), the alerts page, and the API under them — cancelling an override, the
-override's state from the node's own events, and acknowledging alerts by role."""
+override's state from the node's own events, taring the tray, and acknowledging alerts by
+role."""
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from httpx import Response
 from sqlalchemy import select
 from support import wait_for
 from support.auth import logged_in_client
@@ -20,6 +23,7 @@ from support.mosquitto import MosquittoBroker, Subscriber
 
 from cacao_dryer.contract import EventType, NodeEvent, NodeState, NodeStatus
 from dashboard.i18n import catalog
+from dashboard.pages.audit import ACTION_TEXTS
 from gateway.alert_service import AlertService
 from gateway.api.app import create_app
 from gateway.auth.roles import Role
@@ -31,6 +35,7 @@ from gateway.timeseries import StoredReading
 SITE, NODE = "demo", "secador-01"
 NODE_PAGE = f"/nodes/{SITE}/{NODE}"
 OVERRIDE = f"/api/nodes/{SITE}/{NODE}/override"
+TARE = f"/api/nodes/{SITE}/{NODE}/tare"
 
 
 @pytest.fixture
@@ -165,21 +170,29 @@ def test_every_role_finds_alerts_in_the_navigation(operator: TestClient) -> None
 
 # --- manual override: start, state, cancel --------------------------------------------------
 
-def test_cancelling_an_override_sends_clear_override_and_is_audited(
-        dryer: GatewayContext, technician: TestClient, mosquitto: MosquittoBroker) -> None:
+def command_on_broker(mosquitto: MosquittoBroker, send: Callable[[], Response]
+                      ) -> dict[str, Any]:
+    """``send`` a technician's command through the API while watching the dryer's command
+    topic on the real broker: the command the broker delivered (the API said it did)."""
     subscriber = Subscriber(mosquitto, f"cacao/v1/{SITE}/{NODE}/command", "watcher",
                             persistent=False).start()
     try:
-        answer = technician.delete(OVERRIDE)
+        answer = send()
         assert answer.status_code == 200, answer.text
         assert answer.json()["delivered_to_broker"] is True
         wait_for(lambda: len(subscriber.payloads()) == 1, what="the command on the broker")
     finally:
         subscriber.stop()
-    command = json.loads(subscriber.payloads()[0])
-    assert command["action"] == {"type": "clear_override"}
+    command: dict[str, Any] = json.loads(subscriber.payloads()[0])
     assert command["command_id"] == answer.json()["command_id"]
     assert command["issued_by"] == "technician-user"
+    return command
+
+
+def test_cancelling_an_override_sends_clear_override_and_is_audited(
+        dryer: GatewayContext, technician: TestClient, mosquitto: MosquittoBroker) -> None:
+    command = command_on_broker(mosquitto, lambda: technician.delete(OVERRIDE))
+    assert command["action"] == {"type": "clear_override"}
     with dryer.metadata.session() as session:
         entry = session.query(AuditEntry).filter_by(action="node.override_clear").one()
     assert entry.actor == "technician-user" and entry.target == f"{SITE}/{NODE}"
@@ -313,3 +326,53 @@ def test_a_note_too_long_is_a_one_line_422(dryer: GatewayContext, operator: Test
     alert_id = offline_alert(dryer)
     answer = operator.post(f"/api/alerts/{alert_id}/ack", json={"note": "x" * 501})
     assert answer.status_code == 422 and answer.json()["detail"].startswith("body.note:")
+
+
+# --- taring the tray ------------------------------------------------------------------------
+
+def test_a_technician_tares_the_tray_the_command_reaches_the_broker_and_is_audited(
+        dryer: GatewayContext, technician: TestClient, mosquitto: MosquittoBroker) -> None:
+    command = command_on_broker(mosquitto, lambda: technician.post(TARE))
+    assert command["action"] == {"type": "tare_tray"}
+    with dryer.metadata.session() as session:
+        entry = session.scalars(select(AuditEntry).where(AuditEntry.action == "node.tare")).one()
+    assert (entry.actor, entry.target) == ("technician-user", f"{SITE}/{NODE}")
+    assert entry.new == {"command_id": command["command_id"], "delivered_to_broker": True}
+    assert ACTION_TEXTS["node.tare"] == "audit.action_node_tare"  # the audit page's words
+
+
+@pytest.mark.parametrize("role", [Role.OPERATOR, Role.MANAGER])
+def test_only_technicians_and_admins_may_tare(dryer: GatewayContext, role: Role) -> None:
+    with logged_in_client(dryer, role) as client:
+        refused = client.post(TARE)
+    assert refused.status_code == 403
+    assert refused.json()["detail"] == f"{role.value} may not do this (needs technician)"
+
+
+def test_taring_needs_a_login_and_the_csrf_token(dryer: GatewayContext) -> None:
+    with TestClient(create_app(dryer)) as anonymous:
+        assert anonymous.post(TARE).status_code == 401
+    with logged_in_client(dryer, Role.ADMIN) as admin:
+        token = admin.headers.pop("X-CSRF-Token")
+        refused = admin.post(TARE)
+        assert refused.status_code == 403 and "CSRF" in refused.json()["detail"]
+        admin.headers["X-CSRF-Token"] = token
+        assert admin.post(TARE).status_code == 200
+
+
+def test_taring_an_unknown_dryer_or_one_with_a_batch_running_is_refused_in_one_line(
+        dryer: GatewayContext, technician: TestClient) -> None:
+    unknown = technician.post(f"/api/nodes/{SITE}/nadie/tare")
+    assert unknown.status_code == 404
+    assert unknown.json()["detail"] == f"node {SITE}/nadie is not known to this gateway"
+    started = technician.post("/api/batches", json={
+        "site_id": SITE, "node_id": NODE, "lot_code": "L-077", "initial_moisture_pct_wb": 55})
+    assert started.status_code == 201, started.text
+    running = technician.post(TARE)
+    assert running.status_code == 409
+    assert running.json()["detail"] == (
+        f"batch {started.json()['batch_id']} is running in {SITE}/{NODE}: end it and empty "
+        "the tray before taring")
+    with dryer.metadata.session() as session:
+        assert session.scalars(select(AuditEntry).where(
+            AuditEntry.action == "node.tare")).all() == []

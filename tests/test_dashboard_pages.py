@@ -345,7 +345,8 @@ def used_keys() -> set[str]:
     keys = set()
     for path in sources:
         keys |= {k for k in KEY_LITERAL.findall(path.read_text(encoding="utf-8"))
-                 if k.split(".")[0] in namespaces and k.split(".")[1] not in FILE_TYPES}
+                 if k.split(".")[0] in namespaces and k.split(".")[1] not in FILE_TYPES
+                 and not k.endswith("_")}  # "thresholds.name_": a prefix of keys
     return keys
 
 

@@ -97,7 +97,7 @@ def test_an_operator_gets_a_403_page_in_their_language(gateway: GatewayContext, 
     assert "text/html" in answer.headers["content-type"]
     texts = catalog(language)
     html = answer.text
-    assert texts["thresholds.forbidden_title"] in html
+    assert texts["error.forbidden_title"] in html
     assert texts[key].format(role=texts["role.operator"]) in html
     assert 'id="editor"' not in html and 'id="audit-list"' not in html
     assert answer.headers["content-security-policy"].startswith("default-src 'self'")

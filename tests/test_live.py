@@ -1,6 +1,6 @@
 """The live hub (bounded queues, drop-oldest + resync, replay by Last-Event-ID, a publisher
 that never waits) and GET /api/live as Server-Sent Events over real HTTP: a reading ingested
-through a real Mosquitto reaches an open stream."""
+through a real Mosquitto reaches an open stream, and so does an alert the alert job opens."""
 
 from __future__ import annotations
 
@@ -395,4 +395,43 @@ def test_a_reading_published_to_mosquitto_reaches_an_open_stream(
         node.loop_stop()
         node.disconnect()
         runtime.stop()  # ends the open stream (the hub closes first)
+        stream.close()
+
+
+def test_alerts_the_alert_job_opens_and_people_acknowledge_arrive_as_alert_events(
+        api_server: tuple[ApiServer, LiveHub], gateway: GatewayContext) -> None:
+    """The alert job's notices go to open dashboards too: the alert as GET /api/alerts
+    lists it, once when it opens and again when someone acknowledges it."""
+    from gateway.alert_service import AlertService
+    from gateway.registry import ensure_nodes
+
+    server, hub = api_server
+    with gateway.metadata.session() as session:
+        ensure_nodes(session, {(SITE, NODE)}, gateway.clock.now())
+    NodeRegistry(gateway.metadata, gateway.clock).batch_received(
+        [], [NodeStatus(site_id=SITE, node_id=NODE, state=NodeState.ONLINE)], [])
+    stream = SseReader(f"http://127.0.0.1:{server.port}/api/live?site_id={SITE}"
+                       f"&node_id={NODE}")
+    try:
+        wait_for(lambda: bool(stream.named("resync")), 10, "the stream open")
+        gateway.clock.advance(11 * 60)  # the dryer says nothing for 11 minutes
+        service = AlertService(gateway)
+        assert service.run_round().opened == 1
+        wait_for(lambda: bool(stream.named("alert")), 10, "the alert on the stream")
+        opened = stream.named("alert")[0]
+        alert = json.loads(opened["data"])
+        assert opened["id"].startswith(f"{hub.epoch}-")
+        assert (alert["site_id"], alert["node_id"], alert["kind"], alert["state"]) == (
+            SITE, NODE, "node_offline", "open")
+        assert alert["severity"] == "warning" and alert["acknowledged_by"] is None
+        assert "schema_version" not in alert
+        listed = httpx.get(f"http://127.0.0.1:{server.port}/api/alerts").json()
+        assert set(alert) == set(listed[0])  # the same shape the page fetches
+
+        service.acknowledge(alert["alert_id"], "olga", "voy")
+        wait_for(lambda: len(stream.named("alert")) == 2, 10, "the acknowledgement")
+        acknowledged = json.loads(stream.named("alert")[1]["data"])
+        assert acknowledged["alert_id"] == alert["alert_id"]
+        assert acknowledged["acknowledged_by"] == "olga" and acknowledged["state"] == "open"
+    finally:
         stream.close()

@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 
 from cacao_dryer.contract import AlertKind, AlertSeverity
-from dashboard.web import NavItem, _language, _site_name, render
+from dashboard.web import NavItem, frame
 from gateway.api.deps import ContextDep, OperatorDep, Role, SessionDep
 from gateway.metadata.models import Node
 
@@ -19,6 +19,9 @@ router = APIRouter(include_in_schema=False)
 NAV: tuple[NavItem, ...] = (
     NavItem("/alerts", "nav.alerts", Role.OPERATOR, order=20),
 )
+
+# The texts the page's scripts translate (alerts.js, alert-items.js), beyond the shared ones.
+SCRIPT_TEXTS = ("alerts.",)
 
 # Each kind and severity in plain words (the page, the dryer page and the overview share them
 # through cards.js; listed here so the filters render on the server).
@@ -47,9 +50,8 @@ def alerts_page(request: Request, context: ContextDep, session: SessionDep,
                 actor: OperatorDep) -> HTMLResponse:
     dryers = [(f"{node.site_id}/{node.node_id}", node.name or node.node_id)
               for node in session.scalars(select(Node).order_by(Node.site_id, Node.node_id))]
-    return render(request, "alerts/page.html", language=_language(request, actor),
-                  actor=actor, context=context, site_name=_site_name(context, session),
-                  page="alerts", title_key="alerts.title",
-                  extra={"dryer_names": dict(dryers)},
-                  view={"dryers": dryers, "kind_texts": KIND_TEXTS,
-                        "severity_texts": SEVERITY_TEXTS, "state_texts": STATE_TEXTS})
+    return frame(request, context, session, actor).page(
+        "alerts/page.html", "alerts", "alerts.title", texts=SCRIPT_TEXTS,
+        extra={"dryer_names": dict(dryers)},
+        view={"dryers": dryers, "kind_texts": KIND_TEXTS, "severity_texts": SEVERITY_TEXTS,
+              "state_texts": STATE_TEXTS})

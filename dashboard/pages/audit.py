@@ -8,8 +8,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
-from dashboard.pages.thresholds import field_texts, field_units, forbidden
-from dashboard.web import NavItem, _language, _site_name, render
+from dashboard.pages.thresholds import field_texts, field_units
+from dashboard.web import NavItem, frame
 from gateway.api.deps import ContextDep, OperatorDep, Role, SessionDep
 from gateway.api.routes.audit import may_read_audit
 from gateway.thresholds import ACTION as THRESHOLDS_ACTION
@@ -20,6 +20,9 @@ router = APIRouter(include_in_schema=False)
 NAV: tuple[NavItem, ...] = (
     NavItem("/audit", "nav.audit", (Role.TECHNICIAN, Role.MANAGER), order=60),
 )
+
+# The texts audit.js translates: its own, and the thresholds' names in a change's old → new.
+SCRIPT_TEXTS = ("audit.", "thresholds.name_")
 
 # The actions the gateway records (``<resource>.<verb>``), in plain words; an action not listed
 # shows as recorded. Written as pairs: a dotted action in quotes would read as a catalog key.
@@ -32,6 +35,7 @@ ACTION_TEXTS: dict[str, str] = {f"{resource}.{verb}": key for (resource, verb), 
     ("node", "update"): "audit.action_node_update",
     ("node", "override"): "audit.action_node_override",
     ("node", "override_clear"): "audit.action_node_override_clear",
+    ("node", "tare"): "audit.action_node_tare",
     ("calibration", "send"): "audit.action_calibration_send",
     ("alert", "acknowledge"): "audit.action_alert_acknowledge",
     ("user", "add"): "audit.action_user_add",
@@ -56,15 +60,12 @@ ACTION_GROUPS: dict[str, str] = {
 @router.get("/audit", response_class=HTMLResponse)
 def audit_page(request: Request, context: ContextDep, session: SessionDep,
                actor: OperatorDep) -> HTMLResponse:
-    language = _language(request, actor)
-    site_name = _site_name(context, session)
+    here = frame(request, context, session, actor)
     if not may_read_audit(actor.role):
-        return forbidden(request, language=language, actor=actor, context=context,
-                         site_name=site_name, page="audit", title_key="audit.title",
-                         message_key="audit.forbidden")
-    return render(request, "audit/page.html", language=language, actor=actor, context=context,
-                  site_name=site_name, page="audit", title_key="audit.title",
-                  extra={"action_texts": ACTION_TEXTS, "threshold_action": THRESHOLDS_ACTION,
-                         "field_texts": field_texts(),
-                         "field_units": field_units(language)},
-                  view={"action_groups": ACTION_GROUPS})
+        return here.forbidden("audit.forbidden", page="audit")
+    return here.page("audit/page.html", "audit", "audit.title", texts=SCRIPT_TEXTS,
+                     extra={"action_texts": ACTION_TEXTS, "threshold_action": THRESHOLDS_ACTION,
+                            "field_texts": {field: {"name": keys["name"]}  # no "why"
+                                            for field, keys in field_texts().items()},
+                            "field_units": field_units(here.language)},
+                     view={"action_groups": ACTION_GROUPS})

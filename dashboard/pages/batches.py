@@ -20,14 +20,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from markupsafe import Markup, escape
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from cacao_dryer.errors import NotFoundError
 from dashboard.i18n import LocaleFormat, format_datetime, format_number, translate, unit
-from dashboard.web import NavItem, _language, _site_name, allowed, render
+from dashboard.web import Frame, NavItem, allowed, frame
 from gateway import batches as service
 from gateway.api.deps import Actor, ContextDep, OperatorDep, Role, SessionDep
-from gateway.context import GatewayContext
 from gateway.metadata.models import Batch, Node, Site
 
 router = APIRouter(include_in_schema=False)
@@ -63,40 +61,20 @@ CROP_KEYS = {"cacao": "batches.crop_cacao", "coffee": "batches.crop_coffee"}
 STATES = {"running": True, "ended": False}
 
 
-@dataclass(frozen=True)
-class Frame:
-    """What every batch page renders with."""
-
-    request: Request
-    context: GatewayContext
-    actor: Actor
-    language: str
-    site_name: str
-
-    def page(self, template: str, page: str, title_key: str, *, status_code: int = 200,
-             extra: dict[str, Any] | None = None,
-             view: dict[str, Any] | None = None) -> HTMLResponse:
-        return render(self.request, template, language=self.language, actor=self.actor,
-                      context=self.context, site_name=self.site_name, page=page,
-                      title_key=title_key, status_code=status_code, extra=extra, view=view)
-
-    def texts(self, keys: dict[str, str]) -> dict[str, str]:
-        return {code: translate(self.language, key) for code, key in keys.items()}
-
-    def not_found(self, batch_id: str) -> HTMLResponse:
-        return self.page("batches/not_found.html", "not_found", "error.not_found_title",
-                         status_code=404, view={"batch_id": batch_id})
-
-    def forbidden(self) -> HTMLResponse:
-        return self.page("batches/forbidden.html", "forbidden", "batches.forbidden_title",
-                         status_code=403, view={"role_needed": translate(
-                             self.language, "role.manager")})
+# The texts the batch pages' scripts translate (batches.js, batch.js, compare.js).
+SCRIPT_TEXTS = ("batches.",)
 
 
-def _frame(request: Request, context: GatewayContext, session: Session,
-           actor: Actor) -> Frame:
-    return Frame(request, context, actor, _language(request, actor),
-                 _site_name(context, session))
+def _page(frame: Frame, template: str, page: str, title_key: str, *, status_code: int = 200,
+          extra: dict[str, Any] | None = None,
+          view: dict[str, Any] | None = None) -> HTMLResponse:
+    return frame.page(template, page, title_key, status_code=status_code, texts=SCRIPT_TEXTS,
+                      extra=extra, view=view)
+
+
+def _not_found(frame: Frame, batch_id: str) -> HTMLResponse:
+    return frame.not_found("batches.not_found", batch_id, back="/batches",
+                           back_key="nav.batches")
 
 
 def can_export(actor: Actor) -> bool:
@@ -183,7 +161,7 @@ def batch_list(request: Request, context: ContextDep, session: SessionDep,
                end: str | None = None, producer: str | None = None, lot: str | None = None,
                flag: str | None = None, state: str | None = None,
                page: str | None = None) -> HTMLResponse:
-    frame = _frame(request, context, session, actor)
+    here = frame(request, context, session, actor)
     number = int(page) if page and page.isdigit() and 0 < int(page) < 100_000 else 1
     filters = ListFilters(dryer=_text(dryer, 90), start=_text(start, 10), end=_text(end, 10),
                           producer=_text(producer, 200), lot=_text(lot, 64),
@@ -196,14 +174,14 @@ def batch_list(request: Request, context: ContextDep, session: SessionDep,
         error_key = FILTER_ERRORS[str(problem)]
     dryers = [(f"{n.site_id}/{n.node_id}", n.name or n.node_id) for n in session.scalars(
         select(Node).order_by(Node.site_id, Node.node_id))]
-    return frame.page(
-        "batches/list.html", "batches", "batches.title",
+    return _page(
+        here, "batches/list.html", "batches", "batches.title",
         status_code=422 if error_key else 200,
         extra={"api_query": urlencode(params), "page_size": PAGE_SIZE,
                "page_number": filters.page, "can_export": can_export(actor),
                "filter_error": error_key is not None,
                "dryer_names": dict(dryers)},
-        view={"filters": filters, "dryers": dryers, "flags": frame.texts(FLAG_KEYS),
+        view={"filters": filters, "dryers": dryers, "flags": here.texts(FLAG_KEYS),
               "error_key": error_key})
 
 
@@ -214,36 +192,36 @@ def compare_page(request: Request, context: ContextDep, session: SessionDep,
                  actor: OperatorDep) -> HTMLResponse:
     """2-4 batches side by side (managers). ``ids=a,b`` or ``ids=a&ids=b`` (the list's
     check boxes)."""
-    frame = _frame(request, context, session, actor)
+    here = frame(request, context, session, actor)
     if not can_export(actor):
-        return frame.forbidden()
+        return here.forbidden("batches.forbidden")
     ids = [part.strip() for value in request.query_params.getlist("ids")
            for part in value.split(",") if part.strip()]
     ids = list(dict.fromkeys(ids))
     error_key = None if 2 <= len(ids) <= MAX_COMPARE else "batches.compare_pick"
-    return frame.page("batches/compare.html", "batches-compare", "batches.compare_title",
-                      status_code=422 if error_key else 200,
-                      extra={"ids": ids, "compare_error": error_key is not None,
-                             "flag_labels": frame.texts(FLAG_KEYS),
-                             "source_labels": frame.texts(SOURCE_KEYS)},
-                      view={"error_key": error_key})
+    return _page(here, "batches/compare.html", "batches-compare", "batches.compare_title",
+                 status_code=422 if error_key else 200,
+                 extra={"ids": ids, "compare_error": error_key is not None,
+                        "flag_labels": here.texts(FLAG_KEYS),
+                        "source_labels": here.texts(SOURCE_KEYS)},
+                 view={"error_key": error_key})
 
 
 @router.get("/batches/{batch_id}", response_class=HTMLResponse)
 def batch_page(batch_id: str, request: Request, context: ContextDep, session: SessionDep,
                actor: OperatorDep) -> HTMLResponse:
-    frame = _frame(request, context, session, actor)
+    here = frame(request, context, session, actor)
     batch = session.get(Batch, batch_id)
     if batch is None:
-        return frame.not_found(batch_id)
+        return _not_found(here, batch_id)
     node = session.get(Node, (batch.site_id, batch.node_id))
-    return frame.page(
-        "batches/detail.html", "batch", "batches.detail_title",
+    return _page(
+        here, "batches/detail.html", "batch", "batches.detail_title",
         extra={"batch_id": batch_id, "can_export": can_export(actor),
-               "flag_labels": frame.texts(FLAG_KEYS),
-               "source_labels": frame.texts(SOURCE_KEYS),
-               "method_labels": frame.texts(METHOD_KEYS),
-               "crop_labels": frame.texts(CROP_KEYS)},
+               "flag_labels": here.texts(FLAG_KEYS),
+               "source_labels": here.texts(SOURCE_KEYS),
+               "method_labels": here.texts(METHOD_KEYS),
+               "crop_labels": here.texts(CROP_KEYS)},
         view={"lot_code": batch.lot_code,
               "dryer_name": (node.name if node is not None else None) or batch.node_id,
               "dryer_path": f"/nodes/{batch.site_id}/{batch.node_id}"})
@@ -255,15 +233,15 @@ def batch_page(batch_id: str, request: Request, context: ContextDep, session: Se
 def report_page(batch_id: str, request: Request, context: ContextDep, session: SessionDep,
                 actor: OperatorDep) -> HTMLResponse:
     """Everything on paper for a certification or traceability file, rendered here."""
-    frame = _frame(request, context, session, actor)
+    here = frame(request, context, session, actor)
     if not can_export(actor):
-        return frame.forbidden()
+        return here.forbidden("batches.forbidden")
     try:
         batch = service.get_batch(session, batch_id)
     except NotFoundError:
-        return frame.not_found(batch_id)
+        return _not_found(here, batch_id)
     now = context.clock.now()
-    language = frame.language
+    language = here.language
     zone = service.site_zone(session, batch.site_id, context.settings.timezone)
     checks = service.spot_checks(session, batch_id)
     found = service.batch_metrics(session, context.store, batch, now)
@@ -291,15 +269,15 @@ def report_page(batch_id: str, request: Request, context: ContextDep, session: S
         references=[(limits.air_temp_limit_c,
                      translate(language, "batches.report_limit_line"))])
     metrics = found.metrics
-    return frame.page(
+    return here.page(  # printed as rendered: no script texts
         "batches/report.html", "batch-report", "batches.report_title",
         view={"batch": batch, "checks": checks, "metrics": metrics, "limits": limits,
               "site_label": (site.name if site and site.name else batch.site_id),
               "dryer_name": (node.name if node is not None else None) or batch.node_id,
               "flags": [(translate(language, FLAG_KEYS.get(f.code, "batches.flag_other")),
                          f.reason) for f in metrics.flags],
-              "methods": frame.texts(METHOD_KEYS), "crops": frame.texts(CROP_KEYS),
-              "sources": frame.texts(SOURCE_KEYS),
+              "methods": here.texts(METHOD_KEYS), "crops": here.texts(CROP_KEYS),
+              "sources": here.texts(SOURCE_KEYS),
               "duration_h": service.duration_h(batch, now),
               "moisture_chart": moisture_chart, "air_chart": air_chart,
               "every_min": every_s / 60, "readings": len(points),

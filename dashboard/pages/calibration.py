@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 
-from dashboard.web import NavItem, _language, _site_name, render
+from dashboard.web import NavItem, frame
 from gateway.api.deps import ContextDep, Role, SessionDep, TechnicianDep
 from gateway.metadata.models import Node
 
@@ -18,6 +18,9 @@ router = APIRouter(include_in_schema=False)
 NAV: tuple[NavItem, ...] = (
     NavItem("/calibration", "nav.calibration", Role.TECHNICIAN, order=50),
 )
+
+# The texts calibration.js translates, beyond the shared ones.
+SCRIPT_TEXTS = ("calibration.",)
 
 
 @router.get("/calibration", response_class=HTMLResponse)
@@ -32,8 +35,6 @@ def calibration_page(request: Request, context: ContextDep, session: SessionDep,
     if chosen is None and len(nodes) == 1:
         chosen = (nodes[0]["site_id"], nodes[0]["node_id"])
     selected = f"{chosen[0]}/{chosen[1]}" if chosen else ""
-    return render(request, "calibration/calibration.html",
-                  language=_language(request, actor), actor=actor, context=context,
-                  site_name=_site_name(context, session), page="calibration",
-                  title_key="calibration.title", extra={"selected": selected},
-                  view={"nodes": nodes})
+    return frame(request, context, session, actor).page(
+        "calibration/calibration.html", "calibration", "calibration.title",
+        texts=SCRIPT_TEXTS, extra={"selected": selected}, view={"nodes": nodes})

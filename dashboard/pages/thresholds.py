@@ -14,10 +14,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from dashboard.i18n import unit
-from dashboard.web import NavItem, _language, _site_name, allowed, render
-from gateway.api.deps import Actor, ContextDep, OperatorDep, Role, SessionDep
+from dashboard.web import NavItem, allowed, frame
+from gateway.api.deps import ContextDep, OperatorDep, Role, SessionDep
 from gateway.api.routes.thresholds import threshold_fields
-from gateway.context import GatewayContext
 from gateway.threshold_rules import FIELDS
 
 router = APIRouter(include_in_schema=False)
@@ -25,6 +24,9 @@ router = APIRouter(include_in_schema=False)
 NAV: tuple[NavItem, ...] = (
     NavItem("/thresholds", "nav.thresholds", Role.TECHNICIAN, order=40),
 )
+
+# The texts thresholds.js translates, beyond the shared ones.
+SCRIPT_TEXTS = ("thresholds.",)
 
 # Every threshold's plain name and its explanation (what it does, and why this default: the
 # reference), written out so the catalog tests see each key; a test holds this table to the
@@ -94,24 +96,13 @@ def field_texts() -> dict[str, dict[str, str]]:
             for name in FIELDS}
 
 
-def forbidden(request: Request, *, language: str, actor: Actor, context: GatewayContext,
-              site_name: str, page: str, title_key: str, message_key: str) -> HTMLResponse:
-    """The 403 page: logged in, but this role may not open the page (the API's own rule)."""
-    return render(request, "thresholds/forbidden.html", language=language, actor=actor,
-                  context=context, site_name=site_name, page=page, title_key=title_key,
-                  status_code=403, view={"message_key": message_key})
-
-
 @router.get("/thresholds", response_class=HTMLResponse)
 def thresholds_page(request: Request, context: ContextDep, session: SessionDep,
                     actor: OperatorDep) -> HTMLResponse:
-    language = _language(request, actor)
-    site_name = _site_name(context, session)
+    here = frame(request, context, session, actor)
     if not allowed(actor, Role.TECHNICIAN):
-        return forbidden(request, language=language, actor=actor, context=context,
-                         site_name=site_name, page="thresholds", title_key="thresholds.title",
-                         message_key="thresholds.forbidden")
-    return render(request, "thresholds/page.html", language=language, actor=actor,
-                  context=context, site_name=site_name, page="thresholds",
-                  title_key="thresholds.title",
-                  extra={"field_texts": field_texts(), "field_units": field_units(language)})
+        return here.forbidden("thresholds.forbidden", page="thresholds")
+    return here.page("thresholds/page.html", "thresholds", "thresholds.title",
+                     texts=SCRIPT_TEXTS,
+                     extra={"field_texts": field_texts(),
+                            "field_units": field_units(here.language)})

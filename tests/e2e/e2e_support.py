@@ -11,9 +11,10 @@ from pathlib import Path
 
 import tomli_w
 from playwright.sync_api import Browser, BrowserContext, Page
-from support.auth import PASSWORD
+from support.auth import PASSWORD, add_user
 from support.mosquitto import MosquittoBroker
 
+from gateway.auth.roles import Role
 from gateway.runtime import GatewayRuntime
 
 REPO = Path(__file__).parent.parent.parent
@@ -51,9 +52,10 @@ class System:
             page.on("pageerror", lambda error: self.problems.append(f"{page.url}: {error}"))
         return page
 
-    def new_context(self, viewport: dict[str, int] = PHONE) -> BrowserContext:
-        return self.browser.new_context(base_url=self.base_url,
-                                        viewport=viewport)  # type: ignore[arg-type]
+    def new_context(self, viewport: dict[str, int] = PHONE, **options: object
+                    ) -> BrowserContext:
+        return self.browser.new_context(base_url=self.base_url, viewport=viewport,  # type: ignore[arg-type]
+                                        **options)  # type: ignore[arg-type]
 
 
 def node_config(folder: Path, broker: MosquittoBroker) -> Path:
@@ -68,10 +70,52 @@ def node_config(folder: Path, broker: MosquittoBroker) -> Path:
     return path
 
 
-def log_in(system: System, page: Page, next_path: str = "/") -> None:
+def log_in(system: System, page: Page, next_path: str = "/", username: str = OPERATOR) -> None:
     """Through the login page, as a person would."""
     page.goto(f"/login?next={next_path}")
-    page.fill("#username", OPERATOR)
+    page.fill("#username", username)
     page.fill("#password", PASSWORD)
     page.click("button[type=submit]")
     page.wait_for_url(f"{system.base_url}{next_path}")
+
+
+def logged_in_context(system: System, username: str, role: Role, next_path: str = "/",
+                      viewport: dict[str, int] = PHONE, **options: object) -> BrowserContext:
+    """A new user with ``role`` (Spanish), and a browser (phone-sized unless said otherwise)
+    logged in as them through the login page; pages opened from it share the session."""
+    assert system.runtime.context is not None
+    add_user(system.runtime.context, username, role, language="es")
+    context = system.new_context(viewport, **options)
+    page = system.watch(context.new_page())
+    log_in(system, page, next_path, username)
+    page.close()
+    return context
+
+
+def shot(page: Page, name: str) -> None:
+    """A full-page screenshot in test-artifacts/dashboard/."""
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def first_load_bytes(system: System, path: str, ready: str, *, logged_in: bool = True,
+                     username: str = OPERATOR, settle_ms: int = 0) -> dict[str, object]:
+    """What the browser transferred for a first visit with an empty cache: every response
+    (page, styles, scripts, icon, the API answers the page asks for), compressed as sent,
+    headers included; the endless /api/live stream is left out. ``ready`` is a JavaScript
+    function that is true once the page's script has filled it."""
+    context = system.new_context(PHONE)
+    if logged_in:
+        assert context.request.post("/api/auth/login", data={
+            "username": username, "password": PASSWORD}).ok
+    page = system.watch(context.new_page())
+    page.goto(path)
+    page.wait_for_function(ready)
+    page.wait_for_timeout(settle_ms)  # answers still on their way count too
+    entries = page.evaluate("""() => [
+        ...performance.getEntriesByType('navigation'),
+        ...performance.getEntriesByType('resource').filter(e => !e.name.includes('/api/live'))
+      ].map(e => ({name: e.name.split('?')[0], bytes: e.transferSize,
+                   body: e.encodedBodySize, decoded: e.decodedBodySize}))""")
+    context.close()
+    return {"total_bytes": sum(e["bytes"] for e in entries),
+            "decoded_bytes": sum(e["decoded"] for e in entries), "entries": entries}

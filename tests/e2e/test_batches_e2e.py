@@ -14,10 +14,9 @@ from collections.abc import Iterator
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from e2e_support import ARTIFACTS, DESKTOP, NODE, PHONE, SITE, System
-from playwright.sync_api import BrowserContext, Page, expect
+from e2e_support import ARTIFACTS, DESKTOP, NODE, SITE, System, logged_in_context, shot
+from playwright.sync_api import BrowserContext, expect
 from support import wait_for
-from support.auth import PASSWORD, add_user
 
 from dashboard.i18n import catalog
 from gateway.auth.roles import Role
@@ -30,23 +29,10 @@ PRODUCER = "Cooperativa Alto Mayo"
 ES = catalog("es")
 
 
-def shot(page: Page, name: str) -> None:
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-
-
 @pytest.fixture(scope="module")
 def manager(system: System) -> Iterator[BrowserContext]:
     """A phone-sized browser with a manager logged in through the login page."""
-    assert system.runtime.context is not None
-    add_user(system.runtime.context, MANAGER, Role.MANAGER, language="es")
-    context = system.new_context(PHONE)
-    page = system.watch(context.new_page())
-    page.goto("/login?next=/batches")
-    page.fill("#username", MANAGER)
-    page.fill("#password", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{system.base_url}/batches")
-    page.close()
+    context = logged_in_context(system, MANAGER, Role.MANAGER, "/batches")
     yield context
     context.close()
 

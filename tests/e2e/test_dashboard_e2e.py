@@ -9,9 +9,19 @@ import json
 from urllib.parse import urlsplit
 
 import pytest
-from e2e_support import ARTIFACTS, DESKTOP, NODE, OPERATOR, PHONE, SITE, System, log_in
-from playwright.sync_api import BrowserContext, Page, expect
-from support.auth import PASSWORD
+from e2e_support import (
+    ARTIFACTS,
+    DESKTOP,
+    NODE,
+    OPERATOR,
+    PHONE,
+    SITE,
+    System,
+    first_load_bytes,
+    log_in,
+    shot,
+)
+from playwright.sync_api import BrowserContext, expect
 
 from dashboard.i18n import catalog
 
@@ -19,10 +29,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 CARD = f'[data-node="{SITE}/{NODE}"]'
 PAGE_WEIGHT_LIMIT = 200 * 1024  # the issue: the live view's first load under 200 KB
-
-
-def shot(page: Page, name: str) -> None:
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
 def test_the_login_page_turns_away_a_wrong_password_and_lets_the_operator_in(
@@ -66,27 +72,6 @@ def test_the_overview_shows_every_dryer_and_updates_live_without_reloading(
     page.set_viewport_size(DESKTOP)
     shot(page, "overview-1280")
     page.close()
-
-
-def first_load_bytes(system: System, path: str, ready: str, *, logged_in: bool = True
-                     ) -> dict[str, object]:
-    """What the browser transferred for a first visit with an empty cache: every response
-    (page, styles, scripts, icon, the API answers the page asks for), compressed as sent,
-    headers included; the endless /api/live stream is left out."""
-    context = system.new_context(PHONE)
-    if logged_in:
-        assert context.request.post("/api/auth/login", data={
-            "username": OPERATOR, "password": PASSWORD}).ok
-    page = system.watch(context.new_page())
-    page.goto(path)
-    page.wait_for_function(ready)
-    entries = page.evaluate("""() => [
-        ...performance.getEntriesByType('navigation'),
-        ...performance.getEntriesByType('resource').filter(e => !e.name.includes('/api/live'))
-      ].map(e => ({name: e.name.split('?')[0], bytes: e.transferSize,
-                   body: e.encodedBodySize, decoded: e.decodedBodySize}))""")
-    context.close()
-    return {"total_bytes": sum(e["bytes"] for e in entries), "entries": entries}
 
 
 def test_the_overview_first_load_is_under_200_kb_and_other_pages_are_measured(

@@ -13,11 +13,18 @@ import signal
 from collections.abc import Iterator
 
 import pytest
-from e2e_support import ARTIFACTS, DESKTOP, NODE, OPERATOR, PHONE, SITE, System
+from e2e_support import (
+    DESKTOP,
+    NODE,
+    OPERATOR,
+    SITE,
+    System,
+    logged_in_context,
+    shot,
+)
 from playwright.sync_api import BrowserContext, Page, expect
 from sqlalchemy import select
 from support import wait_for
-from support.auth import PASSWORD, add_user
 
 from dashboard.i18n import catalog
 from gateway.auth.roles import Role
@@ -30,25 +37,9 @@ NODE_PAGE = f"/nodes/{SITE}/{NODE}"
 ES = catalog("es")
 
 
-def shot(page: Page, name: str) -> None:
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-
-
-def log_in_as(system: System, page: Page, username: str, next_path: str) -> None:
-    page.goto(f"/login?next={next_path}")
-    page.fill("#username", username)
-    page.fill("#password", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{system.base_url}{next_path}")
-
-
 @pytest.fixture(scope="module")
 def technician(system: System) -> Iterator[BrowserContext]:
-    add_user(system.runtime.context, TECHNICIAN, Role.TECHNICIAN, language="es")
-    context = system.new_context(PHONE)
-    page = system.watch(context.new_page())
-    log_in_as(system, page, TECHNICIAN, "/")
-    page.close()
+    context = logged_in_context(system, TECHNICIAN, Role.TECHNICIAN)
     yield context
     context.close()
 

@@ -14,9 +14,9 @@ import signal
 from collections.abc import Iterator
 
 import pytest
-from e2e_support import ARTIFACTS, DESKTOP, NODE, PHONE, SITE, System
-from playwright.sync_api import BrowserContext, Page, expect
-from support.auth import PASSWORD, add_user
+from e2e_support import ARTIFACTS, DESKTOP, NODE, PHONE, SITE, System, logged_in_context, shot
+from playwright.sync_api import BrowserContext, expect
+from support.auth import PASSWORD
 
 from dashboard.i18n import catalog
 from gateway.auth.roles import Role
@@ -30,23 +30,10 @@ NODE_APPLIES_WITHIN_MS = 30_000  # the node applies a retained config within sec
 PAGE_WEIGHT_LIMIT = 200 * 1024  # the issue's budget for a first load on a weak network
 
 
-def shot(page: Page, name: str) -> None:
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-
-
 @pytest.fixture(scope="module")
 def technician(system: System) -> Iterator[BrowserContext]:
     """A phone-sized browser with a technician logged in through the login page."""
-    assert system.runtime.context is not None
-    add_user(system.runtime.context, TECHNICIAN, Role.TECHNICIAN, language="es")
-    context = system.new_context(PHONE)
-    page = system.watch(context.new_page())
-    page.goto("/login?next=/thresholds")
-    page.fill("#username", TECHNICIAN)
-    page.fill("#password", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{system.base_url}/thresholds")
-    page.close()
+    context = logged_in_context(system, TECHNICIAN, Role.TECHNICIAN, "/thresholds")
     yield context
     context.close()
 
@@ -217,7 +204,7 @@ def test_an_operator_is_shown_the_403_page(system: System) -> None:
     page = system.watch(context.new_page(), console=False)  # the 403 is logged on purpose
     answer = page.goto("/thresholds")
     assert answer is not None and answer.status == 403
-    expect(page.locator("#forbidden")).to_contain_text(ES["thresholds.forbidden_title"])
+    expect(page.locator("#forbidden")).to_contain_text(ES["error.forbidden_title"])
     expect(page.locator(".mainnav")).not_to_contain_text(ES["nav.thresholds"])
     context.close()
 

@@ -1,13 +1,14 @@
 /* The alerts page: open and recent alerts from GET /api/alerts with the filters in the
    address (so a filtered list can be bookmarked or shared), acknowledged in place. The list
-   is fetched again every 30 s (the alert rules run every 30 s), soon after a dryer raises
-   or clears an alarm (live events), and on every live resync. */
+   is fetched again soon after the live stream says an alert opened, changed, closed or was
+   acknowledged (`alert` events), on every live resync (a reconnect), and every 5 minutes
+   as a safety net. */
 (function () {
   "use strict";
   var C = window.Cacao;
   var t = C.t;
   var PAGE = 50;
-  var REFRESH_MS = 30000;
+  var REFRESH_MS = 5 * 60000;
   var names = C.config.dryer_names || {};
   var form = document.getElementById("alert-filters");
   var list = document.getElementById("alerts");
@@ -88,13 +89,10 @@
 
   readFilters();
   var loadSoon = C.debounce(load, 1000);
-  load();  // alerts are not on the live stream: no need to wait for its first resync
+  load();  // at once: the stream's first resync only says it is open
   C.live("", {
     resync: function (message) { if (message.reason !== "new") load(); },
-    event: function (event) {
-      if (/^alarm_|^sensor_|^config_/.test(event.type)) loadSoon();
-    },
-    status: function (message) { if (message.state === "offline") loadSoon(); }
+    alert: loadSoon
   });
   setInterval(load, REFRESH_MS);
 })();

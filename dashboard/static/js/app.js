@@ -165,7 +165,7 @@
       show("connecting");
       source = new EventSource("/api/live" + (query || ""));
       source.addEventListener("open", function () { arm(); show("on"); });
-      ["reading", "status", "event", "resync", "heartbeat"].forEach(listen);
+      ["reading", "status", "event", "alert", "resync", "heartbeat"].forEach(listen);
       source.addEventListener("error", function () {
         show("off");
         if (source && source.readyState === EventSource.CLOSED) {
@@ -189,6 +189,18 @@
     if (className) node.className = className;
     if (text !== undefined && text !== null) node.textContent = text;
     return node;
+  }
+
+  /* A dryer's event as a list item: its time, its type in words (and the alarm it names),
+     the node's own message. Shared by the dryer and batch pages. */
+  function eventItem(event) {
+    var item = element("li", "event");
+    item.setAttribute("data-type", event.type);
+    item.appendChild(element("time", "", shortDateTime(event.occurred_at)));
+    var alarm = event.data && typeof event.data.alarm === "string" ? event.data.alarm : null;
+    item.appendChild(element("strong", "", t("event." + event.type) + (alarm ? ": " + t("alarm." + alarm) : "")));
+    if (event.message) item.appendChild(element("span", "muted", event.message));
+    return item;
   }
 
   /* The language switch: a logged-in user's choice is saved with the account too, so it
@@ -217,6 +229,6 @@
     config: config, t: t, number: number, measure: measure, showMeasure: showMeasure,
     label: label, time: time,
     dateTime: dateTime, shortDateTime: shortDateTime, timeFormat: timeFormat, api: api, live: live,
-    debounce: debounce, element: element, rememberLanguage: rememberLanguage, CSRF_KEY: CSRF_KEY
+    debounce: debounce, element: element, eventItem: eventItem, rememberLanguage: rememberLanguage, CSRF_KEY: CSRF_KEY
   };
 })();

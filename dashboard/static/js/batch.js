@@ -192,15 +192,7 @@
     var list = document.getElementById("events");
     list.textContent = "";
     if (!events.length) list.appendChild(C.element("li", "muted", t("batches.no_events")));
-    events.forEach(function (event) {
-      var item = C.element("li", "event");
-      item.setAttribute("data-type", event.type);
-      item.appendChild(C.element("time", "", C.shortDateTime(event.occurred_at)));
-      var alarm = event.data && typeof event.data.alarm === "string" ? event.data.alarm : null;
-      item.appendChild(C.element("strong", "", t("event." + event.type) + (alarm ? ": " + t("alarm." + alarm) : "")));
-      if (event.message) item.appendChild(C.element("span", "muted", event.message));
-      list.appendChild(item);
-    });
+    events.forEach(function (event) { list.appendChild(C.eventItem(event)); });
   }
 
   /* --- load ---------------------------------------------------------------------------- */

@@ -1,7 +1,7 @@
 /* One dryer: its card, its open alerts (acknowledge), the running batch (start, spot checks,
    end with a confirmation step, the gateway's end suggestion, and what the node made of each
-   command), the manual override (technicians), charts of the last 24 h and its latest events,
-   kept current by the live stream of this node only. Every change goes through the JSON API;
+   command), the manual override and taring the tray (technicians), charts of the last 24 h
+   and its latest events, kept current by the live stream of this node only. Every change goes through the JSON API;
    a refusal is the API's one line, shown at its field or under its form. */
 (function () {
   "use strict";
@@ -38,6 +38,7 @@
       } else {
         Cards.update(card, node);
       }
+      showTare();
       return Promise.all([loadBatch(), loadAlerts()]);
     });
   }
@@ -319,6 +320,19 @@
     }, function () { return null; });
   }
 
+  /* The card alone (its badge turns "no recent data" when the dryer goes quiet). */
+  function refreshCard() {
+    if (!node) return Promise.resolve();
+    return C.api("/api/nodes/" + base).then(function (summary) {
+      if (summary.running_batch_id !== node.running_batch_id) return loadNode();  // all of it
+      if (node.latest && summary.latest && node.latest.seq > summary.latest.seq) summary.latest = node.latest;
+      summary.batch = node.batch;
+      node = summary;
+      Cards.update(card, node);
+      showTare();
+    }, function () { return null; });
+  }
+
   /* --- open alerts of this dryer ------------------------------------------------------- */
 
   function loadAlerts() {
@@ -328,6 +342,10 @@
       list.textContent = "";
       alerts.forEach(function (alert) { list.appendChild(AlertItems.item(alert, { onChange: loadAlerts })); });
       document.getElementById("node-alerts").hidden = alerts.length === 0;
+      if (node && card && node.open_alerts !== alerts.length) {
+        node.open_alerts = alerts.length;
+        Cards.update(card, node);
+      }
     });
   }
 
@@ -406,6 +424,99 @@
       }, function (error) {
         overrideCancel.disabled = false;
         showError(overrideForm, error.message);
+      });
+    });
+  }
+
+  /* --- taring the tray (technicians and admins) ----------------------------------------- */
+
+  var tareBox = document.getElementById("tare-box");  // only rendered for those who may
+  var tarePending = null;  // the tare command sent from this page: {command_id, sent_ms}
+  var TARE_LIFETIME_MS = 10 * 60000;  // the node drops a command older than this
+
+  /* A node with a load-cell tray: its readings carry the tray's mass, or its status names a
+     faulty tray (a lifted or wrongly tared tray reads as a fault: taring may be the cure). */
+  function hasTray(summary) {
+    var readings = summary.latest && summary.latest.readings ? summary.latest.readings : {};
+    if (readings.tray_mass_kg !== undefined && readings.tray_mass_kg !== null) return true;
+    var faults = (summary.status && summary.status.sensor_faults) || {};
+    return Object.keys(faults).some(function (name) { return /^load-cell tray/.test(String(faults[name])); });
+  }
+
+  function showTare() {
+    if (!tareBox || !node) return;
+    tareBox.hidden = !hasTray(node) && !tarePending;
+    var running = !!node.running_batch_id;
+    var confirm = document.getElementById("tare-confirm");
+    if (running) confirm.hidden = true;
+    document.getElementById("tare-running").hidden = !running;
+    document.getElementById("tare-open").hidden = running || !confirm.hidden;
+    var mass = node.latest && node.latest.readings ? node.latest.readings.tray_mass_kg : null;
+    document.getElementById("tare-now").textContent = mass === null || mass === undefined ? ""
+      : t("operator.tare_now", { mass: C.number(mass, 2) + "\u00a0kg" });
+  }
+
+  function tareFate(state, text) {
+    var fateLine = document.getElementById("tare-fate");
+    fateLine.textContent = text;
+    fateLine.setAttribute("data-state", state);
+    fateLine.hidden = false;
+  }
+
+  /* The node's command_result for our tare command: done, or why not. */
+  function tareAnswer(event) {
+    if (!tarePending || !event.data || event.data.command_id !== tarePending.command_id) return;
+    tarePending = null;
+    if (event.data.ok === false) tareFate("refused", t("operator.tare_refused", { detail: event.message || "" }));
+    else tareFate("confirmed", t("operator.tare_done", { time: C.time(event.occurred_at) }));
+    showTare();
+  }
+
+  /* After a reconnect: the answer may have come while the stream was down. */
+  function checkTare() {
+    if (!tarePending) return Promise.resolve();
+    var asked = tarePending;
+    return C.api("/api/nodes/" + base + "/events?type=command_result&limit=20").then(function (events) {
+      var answer = events.filter(function (e) { return e.data && e.data.command_id === asked.command_id; })[0];
+      if (answer) tareAnswer(answer);
+      else if (tarePending === asked && Date.now() - asked.sent_ms > TARE_LIFETIME_MS) {
+        tarePending = null;
+        tareFate("refused", t("operator.tare_unanswered", { time: C.time(new Date(asked.sent_ms)) }));
+      }
+    }, function () { return null; });
+  }
+
+  if (tareBox) {
+    var tareOpen = document.getElementById("tare-open");
+    var tareConfirm = document.getElementById("tare-confirm");
+    var tareSend = document.getElementById("tare-send");
+    tareOpen.addEventListener("click", function () {
+      tareConfirm.hidden = false;
+      tareOpen.hidden = true;
+      tareSend.focus();
+    });
+    document.getElementById("tare-cancel").addEventListener("click", function () {
+      tareConfirm.hidden = true;
+      showTare();
+    });
+    tareSend.addEventListener("click", function () {
+      tareSend.disabled = true;
+      C.api("/api/nodes/" + base + "/tare", { method: "POST" }).then(function (answer) {
+        tareSend.disabled = false;
+        tareConfirm.hidden = true;
+        if (!answer.delivered_to_broker) {
+          tareFate("undelivered", t("operator.override_undelivered"));
+        } else {
+          tarePending = { command_id: answer.command_id, sent_ms: Date.now() };
+          tareFate("sent", t("operator.tare_sent"));
+          setTimeout(checkTare, TARE_LIFETIME_MS + 1000);
+        }
+        showTare();
+      }, function (error) {
+        tareSend.disabled = false;
+        tareConfirm.hidden = true;
+        tareFate("refused", t("operator.tare_failed", { detail: error.message }));
+        showTare();
       });
     });
   }
@@ -497,22 +608,12 @@
 
   /* --- events ------------------------------------------------------------------------ */
 
-  function eventItem(event) {
-    var item = C.element("li", "event");
-    item.setAttribute("data-type", event.type);
-    item.appendChild(C.element("time", "", C.shortDateTime(event.occurred_at)));
-    var alarm = event.data && typeof event.data.alarm === "string" ? event.data.alarm : null;
-    item.appendChild(C.element("strong", "", t("event." + event.type) + (alarm ? ": " + t("alarm." + alarm) : "")));
-    if (event.message) item.appendChild(C.element("span", "muted", event.message));
-    return item;
-  }
-
   function loadEvents() {
     return C.api("/api/nodes/" + base + "/events?limit=" + MAX_EVENTS).then(function (events) {
       var list = document.getElementById("events");
       list.textContent = "";
       if (!events.length) list.appendChild(C.element("li", "muted", t("node.no_events")));
-      events.forEach(function (event) { list.appendChild(eventItem(event)); });
+      events.forEach(function (event) { list.appendChild(C.eventItem(event)); });
     });
   }
 
@@ -520,19 +621,21 @@
     var list = document.getElementById("events");
     var empty = list.querySelector("li.muted");
     if (empty) empty.remove();
-    list.insertBefore(eventItem(event), list.firstChild);
+    list.insertBefore(C.eventItem(event), list.firstChild);
     while (list.children.length > MAX_EVENTS) list.lastChild.remove();
   }
 
   /* --- live ---------------------------------------------------------------------------- */
 
   function loadAll() {
-    return Promise.all([loadNode(), loadSeries(), loadEvents(), loadOverride(), checkPending()]).catch(function (error) {
+    return Promise.all([loadNode(), loadSeries(), loadEvents(), loadOverride(), checkPending(),
+                        checkTare()]).catch(function (error) {
       document.getElementById("chart-note").textContent = t("common.error", { detail: error.message });
     });
   }
 
   var reloadSoon = C.debounce(loadNode, 500);
+  var alertsSoon = C.debounce(loadAlerts, 300);
   var overrideSoon = C.debounce(loadOverride, 300);
   var pendingSoon = C.debounce(checkPending, 300);
   C.live("?site_id=" + encodeURIComponent(site) + "&node_id=" + encodeURIComponent(nodeId), {
@@ -545,6 +648,7 @@
       if (Cards.applyReading(node, reading)) {
         Cards.update(card, node);
         appendReading(reading);
+        showTare();
       }
     },
     status: function (message) {
@@ -556,9 +660,12 @@
     event: function (event) {
       addEvent(event);
       if (/^(batch_started|batch_ended|command_result)$/.test(event.type)) pendingSoon();
-      if (/^(batch_|alarm_|sensor_|config_)/.test(event.type)) reloadSoon();
+      if (event.type === "command_result") tareAnswer(event);
+      if (/^batch_/.test(event.type)) reloadSoon();
       if (/^(override_|command_result$|boot$)/.test(event.type)) overrideSoon();
-    }
+    },
+    alert: alertsSoon  // this dryer's alert opened, changed, closed or was acknowledged
   });
-  setInterval(loadNode, 60000);
+  setInterval(refreshCard, 60000);   // the "no recent data" badge
+  setInterval(loadNode, 5 * 60000);  // a safety net: batch, alerts and card from the API
 })();

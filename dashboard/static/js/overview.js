@@ -1,6 +1,7 @@
 /* The operator's screen: every dryer as a card, kept current by the live stream.
-   The truth is GET /api/nodes (fetched on every `resync` and once a minute for stale badges
-   and alert counts); live readings and statuses update the cards in between. */
+   The truth is GET /api/nodes (fetched on every `resync`, soon after an `alert` event for
+   the open-alert counts, and once a minute for the "no recent data" badges); live readings
+   and statuses update the cards in between. */
 (function () {
   "use strict";
   var C = window.Cacao;
@@ -68,8 +69,7 @@
   }
 
   var refreshSoon = C.debounce(refresh, 500);
-  var BATCH_OR_ALERT = { batch_started: 1, batch_ended: 1, alarm_raised: 1, alarm_cleared: 1,
-                         config_applied: 1, config_rejected: 1 };
+  var BATCH_EVENTS = { batch_started: 1, batch_ended: 1 };
 
   C.live("", {
     resync: refresh,
@@ -88,8 +88,9 @@
       updateCard(Cards.key(message));
     },
     event: function (message) {
-      if (BATCH_OR_ALERT[message.type]) refreshSoon();
-    }
+      if (BATCH_EVENTS[message.type]) refreshSoon();
+    },
+    alert: refreshSoon  // an alert opened, closed or was acknowledged: the counts change
   });
   setInterval(refresh, REFRESH_MS);
 })();

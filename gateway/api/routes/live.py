@@ -9,6 +9,8 @@
   and the oldest queued messages were dropped (``overflow``);
 - ``event: reading`` / ``status`` / ``event`` with ``id: <epoch>-<n>`` and JSON data naming
   ``site_id`` and ``node_id`` (a reading has the shape of the API's latest reading);
+- ``event: alert`` (same ids) when the gateway opens, changes, closes or someone acknowledges
+  an alert: the alert as ``GET /api/alerts`` lists it;
 - ``event: heartbeat`` with the gateway's time at least every 15 s when nothing else is sent,
   so proxies keep the connection and a client can tell a dead connection from a quiet site.
 
@@ -59,7 +61,7 @@ async def _stream(hub: LiveHub, subscription: Subscription, ready: asyncio.Event
         subscription.close()
 
 
-@router.get("", summary="Live readings, statuses and events (Server-Sent Events)",
+@router.get("", summary="Live readings, statuses, events and alerts (Server-Sent Events)",
             response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}},
                              "description": "An endless event stream; see docs/dashboard.md"}})

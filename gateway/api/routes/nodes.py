@@ -1,5 +1,6 @@
 """Dryer nodes: list, detail (state, health, latest reading, running batch), events, gaps,
-renaming, manual override of fans and vents (start, cancel, and what the node made of it)."""
+renaming, manual override of fans and vents (start, cancel, and what the node made of it),
+taring the load-cell tray."""
 
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ from cacao_dryer.contract import (
     Command,
     EventType,
     OverrideAction,
+    TareTrayAction,
     encode,
     topic,
 )
-from cacao_dryer.errors import NotFoundError
+from cacao_dryer.errors import ConflictError, NotFoundError
 from gateway.api.deps import (
     Actor,
     ContextDep,
@@ -299,7 +301,8 @@ def _override_status(session: Session, context: GatewayContext, site_id: str, no
 
 def _send_command(session: Session, context: GatewayContext, actor: Actor, site_id: str,
                   node_id: str,
-                  action: OverrideAction | ClearOverrideAction, audit_action: str
+                  action: OverrideAction | ClearOverrideAction | TareTrayAction,
+                  audit_action: str
                   ) -> CommandSent:
     now = context.clock.now()
     command = Command(command_id=uuid.uuid4().hex, issued_at=now,
@@ -341,3 +344,20 @@ def override_status(site_id: str, node_id: str, session: SessionDep, context: Co
                     _actor: OperatorDep) -> OverrideStatus:
     get_node(session, site_id, node_id)
     return _override_status(session, context, site_id, node_id)
+
+
+@router.post("/{site_id}/{node_id}/tare", response_model=CommandSent,
+             summary="Tare the load-cell tray: its weight now, empty, becomes zero")
+def tare_tray(site_id: str, node_id: str, session: SessionDep, context: ContextDep,
+              actor: TechnicianDep) -> CommandSent:
+    """Sends ``tare_tray``; the node answers with a ``command_result`` event (``ok``, or why
+    not: no tray, the tray cannot be read). Refused while a batch runs: the tray then holds
+    the batch's sample, and moisture by mass loss counts from its weight at loading."""
+    get_node(session, site_id, node_id)
+    running = session.scalar(select(Batch.batch_id).where(
+        Batch.site_id == site_id, Batch.node_id == node_id, Batch.ended_at.is_(None)))
+    if running is not None:
+        raise ConflictError(f"batch {running} is running in {site_id}/{node_id}: end it and "
+                            "empty the tray before taring")
+    return _send_command(session, context, actor, site_id, node_id, TareTrayAction(),
+                         "node.tare")
