@@ -216,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     gateway_run_parser.add_argument("--broker", help="override the config's broker")
     gateway_run_parser.add_argument("--log-level", default="info",
                                     choices=["debug", "info", "warning", "error"])
+    from gateway.backup import add_backup_parsers  # backup / restore (docs/deploy.md)
+
+    add_backup_parsers(gateway_commands)
 
     dashboard = commands.add_parser("dashboard", help="the web dashboard on its own")
     dashboard_commands = dashboard.add_subparsers(title="dashboard commands", required=True,

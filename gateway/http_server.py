@@ -32,6 +32,9 @@ class ApiServer:
         raise StoreUnavailable(f"API could not listen on {self.host}:{self.port} "
                                "(port in use or not allowed)")
 
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def stop(self, timeout: float = 10.0) -> None:
         self._server.should_exit = True
         self._thread.join(timeout)

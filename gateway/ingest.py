@@ -209,6 +209,10 @@ class Ingest:
         self._writer.join(max(0.1, deadline - time.monotonic()))
         self._receiver.stop()
 
+    def alive(self) -> bool:
+        """Its threads run (for the service watchdog: a dead thread means a restart)."""
+        return self._decoder.is_alive() and self._writer.is_alive()
+
     @property
     def connected(self) -> bool:
         """This process is connected (and, with workers, every worker is too)."""

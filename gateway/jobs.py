@@ -67,6 +67,10 @@ class Jobs:
             job.run_once()
             self._stop.wait(job.every_s)
 
+    def alive(self) -> bool:
+        """Every job's thread runs (a job's error is logged and retried, never fatal)."""
+        return all(thread.is_alive() for thread in self._threads)
+
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         for thread in self._threads:

@@ -186,6 +186,16 @@ class GatewayRuntime:
         self.jobs.add("alerts", ALERT_EVERY_S, context.alerts.run_round)
         self.jobs.add("thresholds", RECONCILE_EVERY_S, lambda: thresholds.reconcile(context))
 
+    def alive(self) -> bool:
+        """Ingest, jobs and the web server all run: what the systemd watchdog is fed on
+        (a hung or dead part stops the pings, and systemd restarts the gateway)."""
+        parts = [self.jobs.alive()]
+        if self.ingest is not None:
+            parts.append(self.ingest.alive())
+        if self.api is not None:
+            parts.append(self.api.alive())
+        return all(parts)
+
     def stop(self) -> None:
         self.jobs.stop()
         if self._webhooks is not None:

@@ -8,6 +8,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from cacao_dryer.errors import ConfigError
+from firmware.watchdog import SystemdNotifier
 from gateway.config import GatewaySettings, InfluxDB1Storage, InfluxDB2Storage, SqliteStorage
 from gateway.timeseries import TimeSeriesStore
 
@@ -70,9 +71,20 @@ def _run_until_stopped(runtime: GatewayRuntime, message: str, *args: object) -> 
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    # systemd (Type=notify, WatchdogSec): ready once started, then a ping while every part
+    # runs; a dead part stops the pings and systemd restarts the service. No-op elsewhere.
+    notifier = SystemdNotifier()
     try:
         runtime.start()
         log.info(message, *args)
-        stop.wait()
+        notifier.notify("READY=1")
+        said = False
+        while not stop.wait(1.0):
+            if runtime.alive():
+                notifier.ping()
+            elif not said:
+                said = True
+                log.error("a part of the gateway stopped running: no more watchdog pings")
     finally:
+        notifier.notify("STOPPING=1")
         runtime.stop()

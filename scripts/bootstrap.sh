@@ -14,6 +14,8 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || apt_packag
 command -v influxd >/dev/null 2>&1 || [ -x /usr/bin/influxd ] || apt_packages+=(influxdb)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || apt_packages+=(postgresql)
 [ -x /usr/bin/chromium ] || apt_packages+=(chromium)
+command -v shellcheck >/dev/null 2>&1 || apt_packages+=(shellcheck)          # deploy/ scripts
+command -v systemd-analyze >/dev/null 2>&1 || apt_packages+=(systemd)        # unit checks
 command -v python3 >/dev/null 2>&1 || apt_packages+=(python3 python3-venv)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   echo "bootstrap: installing Debian packages: ${apt_packages[*]}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -166,16 +167,57 @@ def test_alert_reaches_a_webhook_and_a_phone_through_the_whole_gateway(
         notice, delivery_id = received[0]
         assert notice["kind"] == "over_temperature" and notice["state"] == "open"
         assert delivery_id
-        wait_for(lambda: list((tmp_path / "sms-outbox").iterdir()), timeout=15,
+        # gammu-smsd sends the OUT* files; the gateway writes a hidden temporary file first
+        # and renames it, so gammu never reads half a message.
+        wait_for(lambda: list((tmp_path / "sms-outbox").glob("OUT*")), timeout=15,
                  what="the SMS in the gammu outbox")
-        [sms] = (tmp_path / "sms-outbox").iterdir()
-        assert sms.name.startswith("OUT") and "+51987654321" in sms.name
+        [sms] = (tmp_path / "sms-outbox").glob("OUT*")
+        assert "+51987654321" in sms.name
         assert "64" in sms.read_text(encoding="utf-16")  # the temperature, in Spanish
-        metrics = api.get("/metrics").text
-        assert 'cacao_notifications{channel="sms",state="delivered"} 1.0' in metrics
+        # The file is written before the queue marks the message delivered.
+        wait_for(lambda: 'cacao_notifications{channel="sms",state="delivered"} 1.0'
+                 in api.get("/metrics").text, timeout=10, what="the SMS counted as delivered")
     finally:
         api.close()
         node.loop_stop()
         node.disconnect()
         runtime.stop()
         server.shutdown()
+
+
+def test_gateway_run_tells_systemd_it_is_ready_and_alive(tmp_path: Path,
+                                                          mosquitto: MosquittoBroker) -> None:
+    """`cacao-dryer gateway run` under systemd (Type=notify, WatchdogSec): READY=1 once it
+    runs, WATCHDOG=1 while every part does, STOPPING=1 on SIGTERM."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import tomli_w
+
+    address = str(tmp_path / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(address)
+    listener.settimeout(30)
+    config = tmp_path / "gateway.toml"
+    config.write_text(tomli_w.dumps({
+        "data_dir": str(tmp_path / "data"), "sites": [SITE],
+        "mqtt": {"broker": mosquitto.url, "client_id": "gw-systemd"},
+        "metadata": {"url": f"sqlite:///{tmp_path / 'metadata.sqlite3'}"},
+        "storage": {"kind": "sqlite", "path": str(tmp_path / "readings.sqlite3")},
+        "api": {"port": free_port()}}))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cacao_dryer.cli", "gateway", "run", "--config", str(config)],
+        env={**os.environ, "NOTIFY_SOCKET": address, "WATCHDOG_USEC": "2000000"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        received = [listener.recv(100).decode(), listener.recv(100).decode()]
+        assert received == ["READY=1", "WATCHDOG=1"]
+        process.send_signal(signal.SIGTERM)
+        assert listener.recv(100).decode() in ("WATCHDOG=1", "STOPPING=1")
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        listener.close()
