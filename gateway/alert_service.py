@@ -247,8 +247,7 @@ class AlertService:
         if self.context.live is None:
             return
         try:
-            self.context.live.publish("alert", notice.site_id, notice.node_id, notice.model_dump(
-                mode="json", exclude={"site_id", "node_id", "schema_version"}))
+            self.context.live.publish_alert(notice)
         except Exception as exc:  # dashboards refetch on their next resync
             log.warning("live update of alert %d failed: %r", notice.alert_id, exc)
 

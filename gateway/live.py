@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from cacao_dryer.contract import NodeEvent, NodeStatus
+from cacao_dryer.contract import AlertNotice, NodeEvent, NodeStatus
 from cacao_dryer.measurements import MEASUREMENTS_BY_KEY
 from gateway.ingest import IngestListener
 from gateway.timeseries import StoredReading
@@ -202,6 +202,12 @@ class LiveHub:
         return reason, messages
 
     # --- publishing ---------------------------------------------------------------------------
+
+    def publish_alert(self, notice: AlertNotice) -> LiveMessage:
+        """An alert's new state as the ``alert`` kind, in the shape of ``GET /api/alerts``
+        (from the gateway's alert job, or a dashboard's own MQTT feed of the alert topics)."""
+        return self.publish("alert", notice.site_id, notice.node_id, notice.model_dump(
+            mode="json", exclude={"site_id", "node_id", "schema_version"}))
 
     def publish(self, kind: str, site_id: str, node_id: str, data: dict[str, Any]) -> LiveMessage:
         """Number ``data`` and queue it for every interested subscriber; never blocks on one.

@@ -11,7 +11,9 @@ take messages from that session, so it listens on its own connection instead:
 - what arrives is decoded with the ingest's own rules and handed to the live hub only (it is
   never stored: the metadata and readings the pages fetch come from the gateway's stores);
 - QoS 0 is enough: a message lost here only means a card waits for the next reading, and the
-  browser refetches the truth from the API on every resync.
+  browser refetches the truth from the API on every resync;
+- the gateway's alert notices (retained ``.../alert/<kind>``) reach the hub as ``alert``
+  events too, so this dashboard's pages see alerts open and close like the gateway's own.
 """
 
 from __future__ import annotations
@@ -24,8 +26,15 @@ from collections import Counter
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cacao_dryer.contract import TOPIC_PREFIX, NodeEvent, NodeStatus, Telemetry
-from cacao_dryer.errors import CacaoDryerError
+from cacao_dryer.contract import (
+    TOPIC_PREFIX,
+    AlertNotice,
+    NodeEvent,
+    NodeStatus,
+    Telemetry,
+    parse_alert_topic,
+)
+from cacao_dryer.errors import CacaoDryerError, PayloadError
 from firmware.config import parse_broker_url
 from gateway.config import GatewayMqttConfig
 from gateway.ingest import decode_payload
@@ -45,6 +54,7 @@ class LiveFeed:
         self.client_id = f"{settings.client_id[:40]}-live-{secrets.token_hex(4)}"
         self.topics = [f"{TOPIC_PREFIX}/{site}/+/{channel}" for site in sites
                        for channel in CHANNELS]
+        self.topics += [f"{TOPIC_PREFIX}/{site}/+/alert/+" for site in sites]
         self.received = 0
         self.invalid: Counter[str] = Counter()
         self._subscribed = threading.Event()
@@ -92,6 +102,9 @@ class LiveFeed:
     def _on_message(self, _client: mqtt.Client, _userdata: object,
                     message: mqtt.MQTTMessage) -> None:
         self.received += 1
+        if "/alert/" in message.topic:
+            self._alert(message)
+            return
         try:
             _site, _node, decoded = decode_payload(message.topic, message.payload)
         except CacaoDryerError as exc:
@@ -110,3 +123,19 @@ class LiveFeed:
                 self.hub.batch_received((), (), [decoded])
         except Exception as exc:  # best effort, like the gateway's FanOutListener
             log.warning("live update failed (%r); dashboards will resync", exc)
+
+    def _alert(self, message: mqtt.MQTTMessage) -> None:
+        if not message.payload:  # a cleared retained notice: nothing to show
+            return
+        try:
+            site_id, node_id, kind = parse_alert_topic(message.topic)
+            notice = AlertNotice.model_validate_json(message.payload)
+            if (notice.site_id, notice.node_id, notice.kind) != (site_id, node_id, kind):
+                raise PayloadError(f"{message.topic}: the notice names another node or kind")
+        except (CacaoDryerError, ValueError) as exc:
+            self.invalid[type(exc).__name__] += 1
+            return
+        try:
+            self.hub.publish_alert(notice)
+        except Exception as exc:  # best effort, like every live message
+            log.warning("live update of an alert failed (%r); dashboards will resync", exc)

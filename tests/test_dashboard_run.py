@@ -22,7 +22,20 @@ from support import wait_for
 from support.auth import PASSWORD, QUICK_HASHING, add_user
 from support.mosquitto import MosquittoBroker, free_port
 
-from cacao_dryer.contract import Channel, Mode, NodeState, NodeStatus, Telemetry, encode, topic
+from cacao_dryer.contract import (
+    AlertKind,
+    AlertNotice,
+    AlertSeverity,
+    AlertState,
+    Channel,
+    Mode,
+    NodeState,
+    NodeStatus,
+    Telemetry,
+    alert_topic,
+    encode,
+    topic,
+)
 from gateway.config import GatewaySettings, parse_gateway_config
 from gateway.runtime import GatewayRuntime
 
@@ -128,6 +141,24 @@ def test_dashboard_alone_shows_live_readings_and_never_takes_the_gateways_messag
                  "reading 3 on the dashboard's live stream")
         assert any(kind == "status" for kind, _data in stream.events)
         wait_for(lambda: gateway_context.ingest_stats.stored == 3, 10, "the gateway stored 3")
+
+        # The gateway's alert notices (retained on .../alert/<kind>) reach this dashboard's
+        # pages live too; a notice naming another node is refused and counted.
+        now = datetime.now(UTC)
+        notice = AlertNotice(site_id=SITE, node_id=NODE, alert_id=7,
+                             kind=AlertKind.OVER_TEMPERATURE, severity=AlertSeverity.CRITICAL,
+                             state=AlertState.OPEN, opened_at=now, updated_at=now,
+                             message="air 68.0 °C")
+        node.publish(alert_topic(SITE, NODE, AlertKind.OVER_TEMPERATURE),
+                     notice.model_copy(update={"node_id": "secador-99"}).model_dump_json(),
+                     qos=1).wait_for_publish(5)
+        node.publish(alert_topic(SITE, NODE, AlertKind.OVER_TEMPERATURE),
+                     encode(notice), qos=1, retain=True).wait_for_publish(5)
+        wait_for(lambda: stream is not None and any(kind == "alert" for kind, _ in stream.events),
+                 10, "the alert on the dashboard's live stream")
+        [alert] = [data for kind, data in stream.events if kind == "alert"]
+        assert (alert["alert_id"], alert["kind"], alert["state"]) == (7, "over_temperature", "open")
+        assert sum(dashboard.live_feed.invalid.values()) == 1
 
         # Pages and API of the dashboard answer from the gateway's stores...
         def listed() -> list[tuple[str, str, int]]:

@@ -9,8 +9,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 
-from dashboard.web import NavItem, frame
-from gateway.api.deps import ContextDep, Role, SessionDep, TechnicianDep
+from dashboard.web import NavItem, allowed, frame
+from gateway.api.deps import ContextDep, OperatorDep, Role, SessionDep
 from gateway.metadata.models import Node
 
 router = APIRouter(include_in_schema=False)
@@ -25,8 +25,11 @@ SCRIPT_TEXTS = ("calibration.",)
 
 @router.get("/calibration", response_class=HTMLResponse)
 def calibration_page(request: Request, context: ContextDep, session: SessionDep,
-                     actor: TechnicianDep, site_id: str | None = None,
+                     actor: OperatorDep, site_id: str | None = None,
                      node_id: str | None = None) -> HTMLResponse:
+    here = frame(request, context, session, actor)
+    if not allowed(actor, Role.TECHNICIAN):
+        return here.forbidden("calibration.forbidden", page="calibration")
     nodes = [{"site_id": node.site_id, "node_id": node.node_id,
               "name": node.name or node.node_id}
              for node in session.scalars(select(Node).order_by(Node.site_id, Node.node_id))]
@@ -35,6 +38,6 @@ def calibration_page(request: Request, context: ContextDep, session: SessionDep,
     if chosen is None and len(nodes) == 1:
         chosen = (nodes[0]["site_id"], nodes[0]["node_id"])
     selected = f"{chosen[0]}/{chosen[1]}" if chosen else ""
-    return frame(request, context, session, actor).page(
+    return here.page(
         "calibration/calibration.html", "calibration", "calibration.title",
         texts=SCRIPT_TEXTS, extra={"selected": selected}, view={"nodes": nodes})
