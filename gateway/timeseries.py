@@ -78,6 +78,12 @@ class TimeSeriesStore(Protocol):
 
     def latest(self, site_id: str, node_id: str) -> StoredReading | None: ...
 
+    def latest_many(self, nodes: Sequence[tuple[str, str]]
+                    ) -> dict[tuple[str, str], StoredReading]:
+        """``latest`` of several nodes at once (the overview of every dryer): (site, node) →
+        its newest reading; nodes without readings are left out."""
+        ...
+
     def series(self, site_id: str, node_id: str, start: datetime, end: datetime,
                fields: Sequence[str], every_s: float | None = None) -> list[SeriesPoint]:
         """Points in [start, end); with ``every_s`` averaged into buckets of that width."""

@@ -300,6 +300,17 @@ def test_latest_of_an_unknown_node_is_none(store: InfluxDB1Store) -> None:
     assert store.latest(SITE, NODE) is None
 
 
+def test_latest_many_answers_for_every_dryer_at_once(store: InfluxDB1Store) -> None:
+    store.write([reading(1, T0, node="secador-01"), reading(2, T0, node="secador-01"),
+                 reading(7, T0, node="secador-02")])
+    found = store.latest_many([(SITE, "secador-01"), (SITE, "secador-02"),
+                               (SITE, "secador-99")])
+    assert {key: r.seq for key, r in found.items()} == {(SITE, "secador-01"): 2,
+                                                         (SITE, "secador-02"): 7}
+    assert found[(SITE, "secador-02")] == store.latest(SITE, "secador-02")
+    assert store.latest_many([]) == {}
+
+
 def test_raw_series_is_every_reading_in_the_half_open_range(store: InfluxDB1Store) -> None:
     store.write(readings(range(1, 11)))  # one reading every 30 s from T0 + 30 s
     points = store.series(SITE, NODE, T0 + timedelta(seconds=60), T0 + timedelta(seconds=150),

