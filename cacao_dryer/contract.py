@@ -436,6 +436,7 @@ class AlertKind(StrEnum):
     DRYING_STALLED = "drying_stalled"          # moisture not falling while above target
     TARGET_REACHED = "target_reached"          # beans at target moisture: ready to unload
     CONFIG_NOT_APPLIED = "config_not_applied"  # the node did not apply pushed thresholds
+    CLOCK_WRONG = "clock_wrong"                # the node's clock is minutes or more off
 
 
 class AlertSeverity(StrEnum):

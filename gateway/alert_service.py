@@ -45,6 +45,7 @@ from gateway.alerting import (
     SnapshotError,
     evaluate,
     make_notice,
+    on_gateway_clock,
 )
 from gateway.context import GatewayContext
 from gateway.metadata.models import AlertRecord, AuditEntry, Batch, Node
@@ -163,6 +164,11 @@ class AlertService:
 
         store = self.context.store
         latest = store.latest(node.site_id, node.node_id)
+        # Readings carry the node's clock; judge them on the gateway's (a Pi without a
+        # real-time clock may be hours off): shift by the node's offset once it is known.
+        offset_s = node.clock_offset_s
+        shift = on_gateway_clock(now, offset_s, self.rules) - now
+        reading_at = (min(latest.measured_at + shift, now) if latest is not None else None)
         status = node.status or {}
         faults = dict(status.get("sensor_faults") or {}) if node.state == "online" else {}
         batch = session.scalar(select(Batch).where(
@@ -172,16 +178,17 @@ class AlertService:
         if batch is not None:
             start = max(batch.started_at, now - timedelta(hours=self.rules.stall_window_h + 2))
             if start < now:
-                points = store.series(node.site_id, node.node_id, start, now,
+                points = store.series(node.site_id, node.node_id, start - shift, now - shift,
                                       ["bean_moisture_pct_wb"], every_s=3600)
-                history = tuple((p.at, p.values["bean_moisture_pct_wb"]) for p in points
+                history = tuple((p.at + shift, p.values["bean_moisture_pct_wb"])
+                                for p in points
                                 if p.values.get("bean_moisture_pct_wb") is not None)
         push = latest_push(session, node.site_id, node.node_id)
         thresholds = (pushed_thresholds(push) if push is not None else None) or Thresholds()
         fields = latest.fields if latest is not None else {}
         return NodeSnapshot(
             site_id=node.site_id, node_id=node.node_id, now=now,
-            reading_at=latest.measured_at if latest is not None else None,
+            reading_at=reading_at,
             air_temp_c=fields.get("air_temp_c"), air_rh_pct=fields.get("air_rh_pct"),
             bean_moisture_pct_wb=fields.get("bean_moisture_pct_wb"),
             sensor_faults=faults, alarms=frozenset(latest.alarms) if latest else frozenset(),
@@ -197,7 +204,9 @@ class AlertService:
             desired_config_since=push.issued_at if push is not None else None,
             applied_config_version=node.applied_config_version,
             config_rejected_message=(push.node_message if push is not None
-                                     and push.rejected_at is not None else None))
+                                     and push.rejected_at is not None else None),
+            clock_offset_s=offset_s,
+            clock_offset_at=node.clock_offset_at if offset_s is not None else None)
 
     # --- acknowledgement ----------------------------------------------------------------------
 

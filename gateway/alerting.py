@@ -25,6 +25,7 @@ Rules, numbers and sources: docs/alerts.md.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
@@ -57,6 +58,7 @@ __all__ = [
     "apply_changes",
     "evaluate",
     "make_notice",
+    "on_gateway_clock",
 ]
 
 MAX_MESSAGE_CHARS = 300
@@ -126,6 +128,15 @@ class AlertRules:
     target_open_delay_s: float = 1800.0
     # --- config_not_applied: the node acknowledges a config within seconds when online.
     config_timeout_s: float = 300.0
+    # --- clock_wrong: a Pi has no real-time clock; without NTP it can be hours or days off
+    # after a power cut. The offset (gateway receive time − the status's sent_at) also
+    # carries the network delay (< 1 s on a LAN) and, for a retained status delivered on
+    # (re)subscribe, that status's age (≤ one status interval, 60 s): hence the open delay.
+    clock_wrong_after_s: float = 300.0      # |offset| above 5 min opens...
+    clock_open_delay_s: float = 300.0       # ...for 5 min: one stale status does not
+    clock_right_below_s: float = 60.0       # closes under 1 min; smaller offsets are not
+    clock_close_delay_s: float = 300.0      # corrected (network delay, status age)
+    clock_update_step_s: float = 300.0      # the offset moved 5 min: news
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -134,9 +145,14 @@ class AlertRules:
                 raise ConfigError(f"alert rules: {item.name} must be a finite number >= 0, "
                                   f"got {value!r}")
         for name in ("offline_after_s", "reading_stale_after_s", "stall_window_h",
-                     "stall_min_drop_pct", "temp_update_step_k", "humidity_update_step_pct"):
+                     "stall_min_drop_pct", "temp_update_step_k", "humidity_update_step_pct",
+                     "clock_right_below_s", "clock_update_step_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"alert rules: {name} must be > 0")
+        if self.clock_right_below_s > self.clock_wrong_after_s:
+            raise ConfigError(f"alert rules: clock_right_below_s ({self.clock_right_below_s:g})"
+                              f" must not exceed clock_wrong_after_s "
+                              f"({self.clock_wrong_after_s:g})")
 
 
 @dataclass(frozen=True)
@@ -150,8 +166,9 @@ class NodeSnapshot:
     site_id: str
     node_id: str
     now: datetime
-    # Latest reading (time-series store ``latest()``). ``reading_at``: when the gateway
-    # received it if known, else its measured_at (a Pi without RTC may have a wrong clock).
+    # Latest reading (time-series store ``latest()``). ``reading_at``: when it was measured
+    # on the gateway's clock — its measured_at corrected by the node's clock offset
+    # (``on_gateway_clock``): a Pi without a real-time clock may be hours off.
     reading_at: datetime | None = None
     air_temp_c: float | None = None
     air_rh_pct: float | None = None
@@ -182,11 +199,16 @@ class NodeSnapshot:
     desired_config_since: datetime | None = None
     applied_config_version: int | None = None
     config_rejected_message: str | None = None
+    # The node's clock offset (node registry, from its latest status with ``sent_at``):
+    # seconds to add to the node's times to get the gateway's — positive when the node's
+    # clock is behind — and when the gateway measured it.
+    clock_offset_s: float | None = None
+    clock_offset_at: datetime | None = None
 
     def __post_init__(self) -> None:
         where = f"snapshot {self.site_id}/{self.node_id}"
         for name in ("now", "reading_at", "last_seen_at", "state_since", "batch_started_at",
-                     "desired_config_since"):
+                     "desired_config_since", "clock_offset_at"):
             value = getattr(self, name)
             if value is not None and value.tzinfo is None:
                 raise SnapshotError(f"{where}: {name} must be timezone-aware, got {value}")
@@ -199,6 +221,10 @@ class NodeSnapshot:
         for at, _ in self.moisture_history:
             if at.tzinfo is None:
                 raise SnapshotError(f"{where}: moisture_history times must be timezone-aware")
+        if self.clock_offset_s is not None and (self.clock_offset_at is None
+                                                or not math.isfinite(self.clock_offset_s)):
+            raise SnapshotError(f"{where}: clock_offset_s must be a finite number with "
+                                f"clock_offset_at, got {self.clock_offset_s!r}")
 
     @property
     def batch_running(self) -> bool:
@@ -309,6 +335,17 @@ def _duration(seconds: float) -> str:
     if seconds < 48 * 3600:
         return f"{seconds / 3600:.1f} h"
     return f"{seconds / 86400:.1f} days"
+
+
+def on_gateway_clock(node_time: datetime, clock_offset_s: float | None,
+                     rules: AlertRules | None = None) -> datetime:
+    """A time the node stamped (a reading's measured_at), on the gateway's clock: plus the
+    node's clock offset once that is at least ``clock_right_below_s`` (1 min). Smaller offsets
+    are network delay or a status's age more than a wrong clock, and are left alone."""
+    rules = rules or AlertRules()
+    if clock_offset_s is None or abs(clock_offset_s) < rules.clock_right_below_s:
+        return node_time
+    return node_time + timedelta(seconds=clock_offset_s)
 
 
 def _silent(s: NodeSnapshot, r: AlertRules) -> bool | None:
@@ -557,6 +594,34 @@ def _config_not_applied(s: NodeSnapshot, alert: OpenAlert | None, r: AlertRules)
                     update=update)
 
 
+def _clock_text(offset_s: float) -> str:
+    if abs(offset_s) < 60:
+        return f"{abs(offset_s):.0f} s off the gateway"
+    side = "behind" if offset_s > 0 else "ahead of"
+    return f"{_duration(abs(offset_s))} {side} the gateway"
+
+
+def _clock_wrong(s: NodeSnapshot, alert: OpenAlert | None, r: AlertRules) -> _Finding:
+    offset_s, measured_at = s.clock_offset_s, s.clock_offset_at
+    if offset_s is None or measured_at is None or not _online(s, r):
+        return _UNKNOWN  # never measured, or an offline node: node_offline's business
+    if (s.now - measured_at).total_seconds() > r.offline_after_s:
+        return _UNKNOWN  # no recent status to measure it by
+    delays = {"open_delay_s": r.clock_open_delay_s, "close_delay_s": r.clock_close_delay_s}
+    off_s, minutes = abs(offset_s), round(abs(offset_s) / 60, 1)
+    # value hysteresis: opens above 5 min, stays open until under 1 min
+    holds = off_s > r.clock_wrong_after_s if alert is None else off_s >= r.clock_right_below_s
+    if not holds:
+        return _Finding(False, message=f"node clock right again ({_clock_text(offset_s)})",
+                        value=minutes, **delays)
+    message = (f"node clock is {_clock_text(offset_s)}: readings carry wrong times; set the "
+               f"time (NTP from the gateway, docs/deploy.md)")
+    update = alert is not None and (
+        alert.value is None or abs(minutes - alert.value) * 60 >= r.clock_update_step_s
+        or (" behind " in alert.message) != (offset_s > 0))  # it went to the other side
+    return _Finding(True, AlertSeverity.WARNING, message, minutes, update=update, **delays)
+
+
 # --- evaluation --------------------------------------------------------------------------
 
 def evaluate(snapshot: NodeSnapshot, open_alerts: Mapping[AlertKind, OpenAlert],
@@ -615,6 +680,7 @@ _RULES = {
     AlertKind.DRYING_STALLED: _drying_stalled,
     AlertKind.TARGET_REACHED: _target_reached,
     AlertKind.CONFIG_NOT_APPLIED: _config_not_applied,
+    AlertKind.CLOCK_WRONG: _clock_wrong,
 }
 
 

@@ -5,7 +5,8 @@ messages it records, in one transaction and before the messages are acknowledged
 
 - sites and nodes the first time they are heard of,
 - when each node was last heard from, and its state (online/offline, from the retained status
-  and the Last Will), health and firmware,
+  and the Last Will), health and firmware, and how far its clock is off (each status's
+  ``sent_at`` against the gateway's receive time: ``clock_offset_s``),
 - every event exactly once (by site, node and the event's own ``seq``; a replay or a
   redelivery inserts nothing), and hands new config acks, batch events and command results
   to the thresholds, batches and calibration services.
@@ -82,6 +83,9 @@ class NodeRegistry:
         node.status = status.model_dump(mode="json", exclude_none=True)
         if status.state is NodeState.ONLINE and status.firmware_version:
             node.firmware_version = status.firmware_version
+        if status.sent_at is not None:  # the Last Will has none: keep the last offset
+            node.clock_offset_s = clock_offset_s(status.sent_at, now)
+            node.clock_offset_at = now
 
     def _event(self, session: Session, event: NodeEvent, now: datetime) -> None:
         result = session.execute(
@@ -115,6 +119,22 @@ class NodeRegistry:
 
             record_command_result(session, event.site_id, event.node_id, event.data,
                                   event.message, event.occurred_at)
+
+
+def clock_offset_s(sent_at: datetime, received_at: datetime) -> float:
+    """How far the node's clock is off, in seconds to add to its times to get the gateway's
+    (positive: the node's clock is behind), from one status: the gateway's receive time minus
+    the node's ``sent_at``.
+
+    The latest status alone is the estimate, not a filter over several: a node republishes
+    its status every 60 s straight to the broker (not through its outbox), so a sample that
+    is wrong — a retained status delivered when the gateway (re)subscribes carries its age,
+    up to one status interval; a status handled late adds that delay — is replaced within a
+    minute, and the ``clock_wrong`` alert's 5-minute open and close delays absorb it. A filter
+    (say the smallest of the last five) would need more stored per node and would follow a
+    clock that jumped back late by the length of its window.
+    """
+    return round((received_at - sent_at).total_seconds(), 3)
 
 
 def ensure_nodes(session: Session, keys: set[tuple[str, str]], now: datetime,

@@ -4,6 +4,7 @@ announced retained on MQTT, survive restarts, and never duplicate across two gat
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from gateway.alert_service import AlertService
 from gateway.api.app import create_app
 from gateway.api.deps import Actor, Role
 from gateway.context import GatewayContext
-from gateway.metadata.models import AlertRecord, AuditEntry
+from gateway.metadata.models import AlertRecord, AuditEntry, Batch
 from gateway.registry import NodeRegistry
 from gateway.timeseries import StoredReading
 
@@ -28,20 +29,34 @@ SITE, NODE = "demo", "secador-01"
 
 
 class Dryer:
-    """Writes one reading per call at the clock's time, as the ingest would."""
+    """Writes one reading per call at the clock's time, as the ingest would. With
+    ``clock_behind_s`` the node's own clock is that far behind the gateway's: it stamps its
+    readings and its status (sent each minute, as a node does) with that time."""
 
-    def __init__(self, context: GatewayContext) -> None:
+    def __init__(self, context: GatewayContext, clock_behind_s: float | None = None) -> None:
         self.context = context
         self.seq = 0
+        self.clock_behind_s = clock_behind_s
         self.registry = NodeRegistry(context.metadata, context.clock)
-        self.registry.batch_received([], [NodeStatus(site_id=SITE, node_id=NODE,
-                                                     state=NodeState.ONLINE)], [])
+        self.status()
 
-    def reading(self, air_temp_c: float, seq: int | None = None) -> None:
+    def node_time(self) -> datetime:
+        return self.context.clock.now() - timedelta(seconds=self.clock_behind_s or 0.0)
+
+    def status(self) -> None:
+        sent_at = self.node_time() if self.clock_behind_s is not None else None
+        self.registry.batch_received([], [NodeStatus(site_id=SITE, node_id=NODE,
+                                                     state=NodeState.ONLINE,
+                                                     sent_at=sent_at)], [])
+
+    def reading(self, air_temp_c: float, seq: int | None = None,
+                bean_moisture_pct_wb: float | None = None) -> None:
         self.seq = seq if seq is not None else self.seq + 1
+        fields = {"air_temp_c": air_temp_c, "air_rh_pct": 40.0}
+        if bean_moisture_pct_wb is not None:
+            fields["bean_moisture_pct_wb"] = bean_moisture_pct_wb
         reading = StoredReading(site_id=SITE, node_id=NODE, seq=self.seq,
-                                measured_at=self.context.clock.now(),
-                                fields={"air_temp_c": air_temp_c, "air_rh_pct": 40.0},
+                                measured_at=self.node_time(), fields=fields,
                                 raining=False, mode="auto")
         self.context.store.write([reading])
         self.registry.batch_received([reading], [], [])
@@ -49,6 +64,8 @@ class Dryer:
     def run(self, service: AlertService, minutes: int, air_temp_c: float) -> None:
         for _ in range(minutes):
             self.context.clock.advance(60)
+            if self.clock_behind_s is not None:
+                self.status()
             self.reading(air_temp_c)
             service.run_round()
 
@@ -115,6 +132,48 @@ def test_waiting_delays_survive_a_gateway_restart(gateway: GatewayContext) -> No
     restarted = AlertService(gateway)
     dryer.run(restarted, 1, air_temp_c=63.0)  # the 60 s delay has passed across the restart
     assert [a.kind for a in alerts(gateway)] == ["over_temperature"]
+
+
+def test_node_two_hours_behind_gets_over_temperature_and_clock_wrong(
+        gateway: GatewayContext) -> None:
+    """Its readings say they were taken two hours ago; the gateway judges them on its own
+    clock, so the over-temperature alert opens as for any node, and clock_wrong tells the
+    technician. Once the node's clock is set, clock_wrong closes; the heat alert stays."""
+    service = AlertService(gateway)
+    dryer = Dryer(gateway, clock_behind_s=7200)
+    dryer.run(service, 4, air_temp_c=63.0)
+    assert [a.kind for a in alerts(gateway)] == ["over_temperature"]
+    dryer.run(service, 2, air_temp_c=63.0)
+    hot, clock = alerts(gateway)
+    assert (hot.kind, hot.closed_at) == ("over_temperature", None)
+    assert (clock.kind, clock.severity, clock.value) == ("clock_wrong", "warning", 120.0)
+    assert clock.message.startswith("node clock is 2.0 h behind the gateway: readings carry "
+                                    "wrong times")
+    dryer.clock_behind_s = 0.0  # the technician set up NTP
+    dryer.run(service, 4, air_temp_c=63.0)
+    assert alerts(gateway)[1].closed_at is None  # 5 min with the right time first
+    dryer.run(service, 2, air_temp_c=63.0)
+    hot, clock = alerts(gateway)
+    assert hot.closed_at is None and clock.closed_at is not None
+    assert clock.message == "node clock right again (0 s off the gateway)"
+
+
+def test_stalled_drying_is_seen_on_a_node_two_hours_behind(gateway: GatewayContext) -> None:
+    """A day and more of readings, moisture stuck at 14 %, stamped two hours late: the hourly
+    history is read and placed on the gateway's clock, so the stall is recognised."""
+    started = gateway.clock.now()
+    dryer = Dryer(gateway, clock_behind_s=7200)
+    with gateway.metadata.session() as session:
+        session.add(Batch(batch_id="lote-1", site_id=SITE, node_id=NODE, lot_code="L-1",
+                          started_at=started, started_by="luis"))
+    for _ in range(27 * 6):  # 27 h, a reading every 10 min
+        gateway.clock.advance(600)
+        dryer.reading(40.0, bean_moisture_pct_wb=14.0)
+    assert (gateway.clock.now() - started).total_seconds() == 27 * 3600
+    service = AlertService(gateway)
+    dryer.run(service, 61, air_temp_c=40.0)
+    stalled = [a for a in alerts(gateway) if a.kind == "drying_stalled"]
+    assert len(stalled) == 1 and "fell only 0.0 points in 24 h" in stalled[0].message
 
 
 def client(context: GatewayContext, role: Role = Role.OPERATOR) -> TestClient:

@@ -3,6 +3,7 @@ docs/alerts.md, with hysteresis in value and time; no storms (hypothesis)."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import Any
@@ -34,6 +35,7 @@ from gateway.alerting import (
     apply_changes,
     evaluate,
     make_notice,
+    on_gateway_clock,
 )
 
 SITE, NODE = "demo", "secador-01"
@@ -476,6 +478,112 @@ def test_config_not_applied_closes_when_the_node_applies_it(dryer: Dryer) -> Non
     assert actions(closed, K.CONFIG_NOT_APPLIED) == [CLOSE]
 
 
+# --- clock_wrong and readings from a node with a wrong clock ------------------------------
+
+def clock_off(offset_s: float) -> dict[str, Any]:
+    """The node's clock is ``offset_s`` behind the gateway (negative: ahead), measured from a
+    status just received."""
+    return {"clock_offset_s": offset_s, "clock_offset_at": lambda now: now}
+
+
+NTP_ADVICE = "readings carry wrong times; set the time (NTP from the gateway, docs/deploy.md)"
+
+
+def test_clock_two_hours_behind_opens_clock_wrong_after_five_minutes(dryer: Dryer) -> None:
+    assert dryer.run(290, **clock_off(7560)) == []
+    opened = dryer.run(10, **clock_off(7560))
+    assert actions(opened, K.CLOCK_WRONG) == [OPEN]
+    assert opened[0].severity is AlertSeverity.WARNING and opened[0].value == 126.0
+    assert opened[0].message == f"node clock is 2.1 h behind the gateway: {NTP_ADVICE}"
+
+
+def test_clock_days_ahead_says_so(dryer: Dryer) -> None:
+    opened = dryer.run(300, **clock_off(-3 * 86400))
+    assert opened[0].message == f"node clock is 3.0 days ahead of the gateway: {NTP_ADVICE}"
+
+
+def test_clock_four_minutes_off_is_no_alert(dryer: Dryer) -> None:
+    assert dryer.run(3600, **clock_off(240)) == []
+
+
+def test_a_stale_retained_status_does_not_open_clock_wrong(dryer: Dryer) -> None:
+    """The gateway (re)subscribes and gets the retained status an hour after it was sent
+    (received − sent = 1 h though the clock is right); the node's next status, a minute
+    later, measures 0.3 s. Rounds every 30 s, as the gateway's job."""
+    assert dryer.run(60, every_s=30, **clock_off(3600)) == []
+    assert dryer.run(3600, every_s=30, **clock_off(0.3)) == []
+    assert dryer.pending.since == {}
+
+
+def test_clock_wrong_closes_under_one_minute_for_five_minutes(dryer: Dryer) -> None:
+    dryer.run(300, **clock_off(7200))
+    nearly = dryer.run(3600, **clock_off(120))  # 2 min: better (news), still off
+    assert actions(nearly, K.CLOCK_WRONG) == [UPDATE]
+    assert nearly[0].message.startswith("node clock is 2 min behind the gateway")
+    assert dryer.run(290, **clock_off(2)) == []
+    closed = dryer.run(10, **clock_off(2))
+    assert actions(closed, K.CLOCK_WRONG) == [CLOSE]
+    assert closed[0].message == "node clock right again (2 s off the gateway)"
+
+
+def test_clock_wrong_updates_when_the_offset_moves_five_minutes_or_changes_side(
+        dryer: Dryer) -> None:
+    dryer.run(300, **clock_off(7200))
+    assert dryer.run(600, **clock_off(7400)) == []  # 3 min more: not news
+    moved = dryer.run(10, **clock_off(7560))
+    assert actions(moved, K.CLOCK_WRONG) == [UPDATE] and moved[0].value == 126.0
+    other_side = dryer.run(10, **clock_off(-7560))
+    assert actions(other_side, K.CLOCK_WRONG) == [UPDATE]
+    assert "2.1 h ahead of the gateway" in other_side[0].message
+
+
+def test_clock_wrong_holds_while_the_node_is_offline_or_unmeasured(dryer: Dryer) -> None:
+    dryer.run(300, **clock_off(7200))
+    gone = dryer.clock.now()
+    offline = dryer.run(3600, every_s=60, state=NodeState.OFFLINE, state_since=gone,
+                        last_seen_at=gone, reading_at=gone, clock_offset_s=0.0,
+                        clock_offset_at=gone)
+    assert actions(offline, K.CLOCK_WRONG) == []
+    # online again but no status for 20 min: the last measurement is too old to judge by
+    old = dryer.clock.now() - timedelta(minutes=20)
+    assert actions(dryer.run(900, clock_offset_s=0.0, clock_offset_at=old), K.CLOCK_WRONG) == []
+    assert K.CLOCK_WRONG in dryer.open
+
+
+def test_node_times_are_moved_to_the_gateways_clock_once_an_offset_is_known() -> None:
+    measured = T0 - timedelta(hours=2)
+    assert on_gateway_clock(measured, 7200.0) == T0
+    assert on_gateway_clock(measured, None) == measured          # never measured
+    assert on_gateway_clock(measured, 45.0) == measured          # network delay, status age
+    assert on_gateway_clock(T0, -86400.0) == T0 - timedelta(days=1)
+
+
+def test_over_temperature_opens_for_a_node_two_hours_behind(dryer: Dryer) -> None:
+    """The node stamps its readings two hours late. Judged by its own time every reading is
+    2 h old (stale: no over-temperature); on the gateway's clock it is fresh."""
+    def hot(corrected: bool) -> dict[str, Any]:
+        def reading_at(now: datetime) -> datetime:
+            measured = now - timedelta(hours=2)
+            return on_gateway_clock(measured, 7200.0) if corrected else measured
+        return {"air_temp_c": 63.0, "reading_at": reading_at, **clock_off(7200)}
+
+    assert actions(dryer.run(600, **hot(corrected=False)), K.OVER_TEMPERATURE) == []
+    dryer.clock.advance(3600)
+    assert actions(dryer.run(60, **hot(corrected=True)), K.OVER_TEMPERATURE) == [OPEN]
+
+
+def test_clock_thresholds_must_keep_their_order() -> None:
+    with pytest.raises(ConfigError, match=re.escape("clock_right_below_s (600) must not "
+                                                    "exceed clock_wrong_after_s (300)")):
+        AlertRules(clock_right_below_s=600)
+
+
+def test_clock_offset_without_its_time_is_refused() -> None:
+    with pytest.raises(SnapshotError, match="clock_offset_s must be a finite number with "
+                                            "clock_offset_at"):
+        snapshot(T0, clock_offset_s=7200.0)
+
+
 # --- acknowledgement ---------------------------------------------------------------------
 
 def test_acknowledged_open_alert_is_never_reopened(dryer: Dryer) -> None:
@@ -576,6 +684,26 @@ def test_values_wandering_around_thresholds_never_storm(temp_walk, rh_walk) -> N
 
 
 @settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(10, 120), st.floats(-400, 400)), min_size=50,
+                max_size=600))
+def test_a_clock_offset_wandering_around_its_thresholds_never_storms(walk) -> None:
+    """The measured offset random-walks across both thresholds (1 and 5 min, either side of
+    the gateway) with stale samples in between: clock_wrong opens at most once per open delay
+    + close delay."""
+    rules = AlertRules()
+    dryer = Dryer(ManualClock(T0), rules)
+    offset_s = 0.0
+    for step_s, change_s in walk:
+        offset_s = min(600.0, max(-600.0, offset_s + change_s))
+        dryer.clock.advance(step_s)
+        dryer.check(**{"clock_offset_s": offset_s, "clock_offset_at": dryer.clock.now()})
+    opens = [c.at for c in dryer.log if c.kind is K.CLOCK_WRONG and c.action is OPEN]
+    gap_s = rules.clock_open_delay_s + rules.clock_close_delay_s
+    assert all((b - a).total_seconds() > gap_s for a, b in pairwise(opens))
+    assert {c.kind for c in dryer.log} <= {K.CLOCK_WRONG}
+
+
+@settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(st.integers(10, 900), st.booleans()), min_size=20, max_size=300))
 def test_a_flapping_connection_never_storms(steps) -> None:
     """A node whose connection comes and goes at random (Last Will, then back): node_offline
@@ -613,6 +741,7 @@ node_states = st.fixed_dictionaries({
     "stalled": st.booleans(),
     "applied_config_version": st.integers(0, 3),
     "rejected": st.booleans(),
+    "clock_offset_s": st.none() | st.floats(-3 * 86400, 3 * 86400),
 })
 
 
@@ -641,7 +770,9 @@ def test_any_sequence_of_node_states_gives_consistent_changes(steps) -> None:
             moisture_history=hourly(now, 20.0, 0.2) if step["stalled"] else (),
             desired_config_version=3, desired_config_since=T0,
             applied_config_version=step["applied_config_version"],
-            config_rejected_message="bad thresholds" if step["rejected"] else None)
+            config_rejected_message="bad thresholds" if step["rejected"] else None,
+            clock_offset_s=step["clock_offset_s"],
+            clock_offset_at=now if step["clock_offset_s"] is not None else None)
         assert len({c.kind for c in changes}) == len(changes)
         for change in changes:
             assert change.message and "\n" not in change.message

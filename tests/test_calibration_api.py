@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from alembic import command as alembic
+from alembic.script import ScriptDirectory
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
@@ -32,7 +33,12 @@ from gateway.api.app import create_app
 from gateway.api.deps import Actor, Role
 from gateway.context import GatewayContext
 from gateway.ingest import Ingest
-from gateway.metadata.database import _alembic_config, create_metadata_engine, open_metadata
+from gateway.metadata.database import (
+    MIGRATIONS,
+    _alembic_config,
+    create_metadata_engine,
+    open_metadata,
+)
 from gateway.metadata.models import AuditEntry, Calibration
 from gateway.registry import NodeRegistry
 from gateway.timeseries import StoredReading
@@ -102,7 +108,7 @@ def test_migration_0004_upgrades_a_0003_database_with_its_data(metadata_url: str
     engine.dispose()
     database = open_metadata(metadata_url)
     try:
-        assert database.revision() == "0004"
+        assert database.revision() == ScriptDirectory(str(MIGRATIONS)).get_current_head()
         with database.session() as session:
             session.add(Calibration(
                 site_id=SITE, node_id=NODE, sensor="sonda", points=[[1.0, 50.0], [2.0, 10.0]],

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 from sqlalchemy.exc import IntegrityError
 
 from cacao_dryer.errors import ConfigError
@@ -107,6 +107,54 @@ def test_at_most_one_open_alert_per_node_and_kind(metadata_url: str) -> None:
     with pytest.raises(IntegrityError), database.session() as session:
         session.add(alert())
     database.close()
+
+
+def test_migration_0005_adds_the_clock_offset_to_a_0004_database(metadata_url: str) -> None:
+    """An installed gateway upgrades: its nodes keep their data and have no offset until
+    their next status; a rollback to 0004 drops the two columns and keeps the nodes."""
+    from alembic import command as alembic
+
+    from gateway.metadata.database import _alembic_config, create_metadata_engine
+
+    engine = create_metadata_engine(metadata_url)
+    alembic.upgrade(_alembic_config(engine), "0004")
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO sites (site_id, name, timezone, created_at) "
+            "VALUES ('demo', 'Demo', 'America/Lima', '2026-03-01 12:00:00')")
+        connection.exec_driver_sql(
+            "INSERT INTO nodes (site_id, node_id, first_seen_at, last_seen_at, state, "
+            "firmware_version, last_event_seq) VALUES ('demo', 'secador-01', "
+            "'2026-03-01 12:00:00', '2026-03-01 12:00:00', 'online', '0.1.0', 7)")
+        connection.exec_driver_sql(  # a row that refers to the node (foreign key)
+            "INSERT INTO batches (batch_id, site_id, node_id, lot_code, producer, crop, "
+            "started_at, notes, started_by) VALUES ('lote-1', 'demo', 'secador-01', 'L-1', "
+            "'', 'cacao', '2026-03-01 12:00:00', '', 'luis')")
+    engine.dispose()
+    database = open_metadata(metadata_url)
+    try:
+        assert database.revision() == "0005"
+        with database.session() as session:
+            node = session.get(Node, ("demo", "secador-01"))
+            assert node is not None and (node.firmware_version, node.last_event_seq) == \
+                ("0.1.0", 7)
+            assert (node.clock_offset_s, node.clock_offset_at) == (None, None)
+            node.clock_offset_s, node.clock_offset_at = -7200.5, T0
+        with database.session() as session:
+            node = session.get(Node, ("demo", "secador-01"))
+            assert node is not None and (node.clock_offset_s, node.clock_offset_at) == \
+                (-7200.5, T0)
+    finally:
+        database.close()
+    engine = create_metadata_engine(metadata_url)
+    alembic.downgrade(_alembic_config(engine), "0004")
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql(
+            "SELECT firmware_version FROM nodes").scalar() == "0.1.0"
+        assert connection.exec_driver_sql("SELECT count(*) FROM batches").scalar() == 1
+        columns = {column["name"] for column in inspect(connection).get_columns("nodes")}
+        assert "clock_offset_s" not in columns and "clock_offset_at" not in columns
+    engine.dispose()
 
 
 def test_a_database_newer_than_the_code_is_refused(metadata_url: str) -> None:

@@ -36,7 +36,7 @@ SITE, NODE = "demo", "secador-01"
 
 
 def status(state: NodeState, node: str = NODE, **extra: object) -> NodeStatus:
-    return NodeStatus(site_id=SITE, node_id=node, state=state, sent_at=T0, **extra)
+    return NodeStatus(site_id=SITE, node_id=node, state=state, **({"sent_at": T0} | extra))
 
 
 def event(seq: int, kind: EventType = EventType.ALARM_RAISED, node: str = NODE) -> NodeEvent:
@@ -75,6 +75,33 @@ def test_status_sets_state_and_last_will_marks_offline(database: MetadataDB,
         assert node.state == "offline" and node.state_since == clock.now()
         assert node.firmware_version == "0.1.0"
         assert node.status is not None and node.status["state"] == "offline"
+
+
+def test_each_status_measures_how_far_the_nodes_clock_is_off(database: MetadataDB,
+                                                             clock: ManualClock) -> None:
+    """received − sent_at: +2 h for a node whose clock is two hours behind, −1 day for one a
+    day ahead; the Last Will (no sent_at) keeps the last measurement."""
+    registry = NodeRegistry(database, clock)
+
+    def offset() -> tuple[float | None, datetime | None]:
+        with database.session() as session:
+            node = session.get(Node, (SITE, NODE))
+            assert node is not None
+            return node.clock_offset_s, node.clock_offset_at
+
+    registry.batch_received([reading(1, node=NODE, site=SITE)], [], [])
+    assert offset() == (None, None)  # readings alone say nothing about the clock
+    behind = clock.now() - timedelta(hours=2, seconds=0.25)
+    registry.batch_received([], [status(NodeState.ONLINE, sent_at=behind)], [])
+    assert offset() == (7200.25, clock.now())
+    measured_at = clock.now()
+    clock.advance(60)
+    registry.batch_received([], [NodeStatus(site_id=SITE, node_id=NODE,
+                                            state=NodeState.OFFLINE)], [])
+    assert offset() == (7200.25, measured_at)
+    registry.batch_received([], [status(NodeState.ONLINE,
+                                        sent_at=clock.now() + timedelta(days=1))], [])
+    assert offset() == (-86400.0, clock.now())
 
 
 def test_last_seen_follows_any_message(database: MetadataDB, clock: ManualClock) -> None:

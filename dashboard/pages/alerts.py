@@ -34,6 +34,7 @@ KIND_TEXTS: dict[str, str] = {
     AlertKind.DRYING_STALLED: "alerts.kind_drying_stalled",
     AlertKind.TARGET_REACHED: "alerts.kind_target_reached",
     AlertKind.CONFIG_NOT_APPLIED: "alerts.kind_config_not_applied",
+    AlertKind.CLOCK_WRONG: "alerts.kind_clock_wrong",
 }
 SEVERITY_TEXTS: dict[str, str] = {
     AlertSeverity.CRITICAL: "alerts.severity_critical",

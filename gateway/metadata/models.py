@@ -96,6 +96,10 @@ class Node(Base):
     applied_config_version: Mapped[int | None]
     applied_config_at: Mapped[datetime | None]
     last_event_seq: Mapped[int] = mapped_column(Integer, default=0)
+    # How far the node's clock is off (gateway receive time − the status's sent_at, seconds;
+    # positive: the node is behind) and when the gateway measured it (latest status).
+    clock_offset_s: Mapped[float | None] = mapped_column(Float)
+    clock_offset_at: Mapped[datetime | None]
 
 
 class NodeEventRecord(Base):

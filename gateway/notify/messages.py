@@ -33,7 +33,7 @@ KIND_PARTS = ("name", "what", "action", "closed")
 DECIMALS: dict[AlertKind, int] = {
     AlertKind.OVER_TEMPERATURE: 1, AlertKind.HIGH_HUMIDITY: 0, AlertKind.SENSOR_FAULT: 0,
     AlertKind.NODE_OFFLINE: 0, AlertKind.SEQUENCE_GAP: 0, AlertKind.DRYING_STALLED: 1,
-    AlertKind.TARGET_REACHED: 1, AlertKind.CONFIG_NOT_APPLIED: 0,
+    AlertKind.TARGET_REACHED: 1, AlertKind.CONFIG_NOT_APPLIED: 0, AlertKind.CLOCK_WRONG: 0,
 }
 MAX_DETAILS = 10
 

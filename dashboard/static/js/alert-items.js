@@ -14,7 +14,8 @@
     sequence_gap: "alerts.kind_sequence_gap",
     drying_stalled: "alerts.kind_drying_stalled",
     target_reached: "alerts.kind_target_reached",
-    config_not_applied: "alerts.kind_config_not_applied"
+    config_not_applied: "alerts.kind_config_not_applied",
+    clock_wrong: "alerts.kind_clock_wrong"
   };
   var ADVICE = {
     over_temperature: "alerts.do_over_temperature",
@@ -24,7 +25,8 @@
     sequence_gap: "alerts.do_sequence_gap",
     drying_stalled: "alerts.do_drying_stalled",
     target_reached: "alerts.do_target_reached",
-    config_not_applied: "alerts.do_config_not_applied"
+    config_not_applied: "alerts.do_config_not_applied",
+    clock_wrong: "alerts.do_clock_wrong"
   };
   var SEVERITIES = { critical: "alerts.severity_critical", warning: "alerts.severity_warning",
                      info: "alerts.severity_info" };
