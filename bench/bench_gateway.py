@@ -18,7 +18,13 @@ machine's own. 100 simulated nodes, QoS 1:
 2. Latency: with the gateway running and 100 nodes publishing 1,000 readings/s in total, a
    probe node publishes one reading every 50 ms and polls the store (``latest``, every 5 ms)
    until it is queryable; 200 probes, p50 and p99.
-3. Memory: peak resident set (VmHWM) of the gateway process plus its workers, over the run.
+3. Memory: the peak, over the run, of the gateway's processes' summed resident set (each
+   live process's VmHWM, so a child that has exited — the one that migrates the metadata
+   database at start — is not added to the drain's peak), the peak of their summed PSS, and
+   the main process's and each worker's own peak; then the summed RSS at the end of the
+   latency test (steady 1,000 readings/s after the backlog).
+
+``MALLOC_ARENA_MAX`` and other environment variables are passed on to the gateway as set.
 
 The broker config is the test broker's (tests/support/mosquitto.py) with
 ``max_queued_messages`` raised for the backlog and ``max_inflight_messages 1000`` (the Receive
@@ -99,6 +105,7 @@ class Gateway:
         self.config.write_text(tomli_w.dumps(self.data))
         self.process: subprocess.Popen[bytes] | None = None
         self.peak_kb: dict[int, int] = {}
+        self.peak_sum_kb = 0  # the peak of the live processes' summed VmHWM
         self.peak_pss_kb = 0
         self.cpu_s = 0.0
         self._watch: threading.Thread | None = None
@@ -136,28 +143,52 @@ class Gateway:
         return total / 100  # clock ticks
 
     def _watch_memory(self) -> None:
-        """Peak RSS (VmHWM) of each process, and the peak of the processes' summed PSS
-        (shared library pages divided between the processes that map them)."""
+        """Peak RSS (VmHWM) of each process, the peak of the live processes' summed VmHWM,
+        and the peak of their summed PSS (shared library pages divided between the processes
+        that map them)."""
         process = self.process
         while process is not None and process.poll() is None:
-            pss_kb = 0
+            pss_kb = hwm_kb = 0
             for pid in process_tree(process.pid):
                 try:
                     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                         if line.startswith("VmHWM"):
-                            self.peak_kb[pid] = max(self.peak_kb.get(pid, 0),
-                                                    int(line.split()[1]))
+                            hwm = int(line.split()[1])
+                            self.peak_kb[pid] = max(self.peak_kb.get(pid, 0), hwm)
+                            hwm_kb += hwm
                     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
                         if line.startswith("Pss:"):
                             pss_kb += int(line.split()[1])
                 except OSError:
                     continue
+            self.peak_sum_kb = max(self.peak_sum_kb, hwm_kb)
             self.peak_pss_kb = max(self.peak_pss_kb, pss_kb)
             time.sleep(0.2)
 
+    def rss_now_mb(self) -> float:
+        """The gateway's processes' summed resident set right now."""
+        assert self.process is not None
+        total = 0
+        for pid in process_tree(self.process.pid):
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS"):
+                        total += int(line.split()[1])
+            except OSError:
+                continue
+        return total / 1024
+
     @property
     def peak_mb(self) -> float:
-        return sum(self.peak_kb.values()) / 1024
+        return self.peak_sum_kb / 1024
+
+    def process_peaks_mb(self) -> tuple[int, list[int]]:
+        """(the main process's peak RSS, each other process's), MB."""
+        assert self.process is not None
+        main = self.peak_kb.get(self.process.pid, 0) // 1024
+        others = sorted(kb // 1024 for pid, kb in self.peak_kb.items()
+                        if pid != self.process.pid)
+        return main, others
 
     def stop(self) -> None:
         assert self.process is not None
@@ -210,6 +241,7 @@ def run(kind: str, workers: int, folder: Path, readings: int, receive_maximum: i
     else:
         storage = {"kind": "sqlite", "path": str(folder / "readings.sqlite3")}
     gateway = Gateway(folder, broker, storage, workers, receive_maximum, batch)
+    load_before = os.getloadavg()[0]
     try:
         gateway.create_sessions(broker.port)
         per_node = readings // len(NODES)
@@ -243,6 +275,7 @@ def run(kind: str, workers: int, folder: Path, readings: int, receive_maximum: i
         missing = [node for node in NODES
                    if store.seq_ranges(SITE, node) != [(1, per_node)]]
         latencies = latency(broker, publisher, store, per_node)
+        steady_mb = gateway.rss_now_mb()  # just after 1,000 readings/s for ~15 s
         publisher.close()
         store.close()
         return {"kind": kind, "workers": workers, "readings": total,
@@ -251,7 +284,8 @@ def run(kind: str, workers: int, folder: Path, readings: int, receive_maximum: i
                 "p50_ms": statistics.median(latencies) * 1000,
                 "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
                 "rss_mb": gateway.peak_mb, "pss_mb": gateway.peak_pss_kb / 1024,
-                "rss_mb_per_process": sorted(kb // 1024 for kb in gateway.peak_kb.values()),
+                "rss_mb_per_process": gateway.process_peaks_mb(), "steady_mb": steady_mb,
+                "load_before": load_before,
                 "cpu_us": cpu_per_reading * 1e6}
     finally:
         if gateway.process is not None and gateway.process.poll() is None:
@@ -309,6 +343,9 @@ def main() -> int:
                         help="replace the table in bench/GATEWAY_RESULTS.md")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="bench-gateway-", dir="/var/tmp"))
+    load_at_start = os.getloadavg()[0]
+    arenas = (f"; MALLOC_ARENA_MAX={os.environ['MALLOC_ARENA_MAX']}"
+              if "MALLOC_ARENA_MAX" in os.environ else "")
     try:
         rows = []
         for spec in args.runs.split(","):
@@ -318,22 +355,28 @@ def main() -> int:
             result = run(kind, int(workers), run_folder, args.readings,
                          args.receive_maximum, args.batch)
             print(result, file=sys.stderr)
+            main_mb, others_mb = result["rss_mb_per_process"]
+            parts = f"main {main_mb}" + "".join(f" + {mb}" for mb in others_mb)
             rows.append(
-                f"| {kind} | {result['workers']} | {result['readings']:,} "
+                f"| {spec.split(':')[0]} | {result['workers']} | {result['readings']:,} "
                 f"| **{result['throughput']:,.0f}** | {'yes' if result['no_loss'] else 'NO'} "
                 f"| {result['cpu_us']:.0f} | {result['p50_ms']:.0f} | {result['p99_ms']:.0f} "
-                f"| {result['rss_mb']:.0f} ({result['pss_mb']:.0f}) "
-                f"| {result['startup_s']:.1f} |")
+                f"| **{result['rss_mb']:.0f}** ({result['pss_mb']:.0f}); {parts} "
+                f"| {result['steady_mb']:.0f} "
+                f"| {result['startup_s']:.1f} | {result['load_before']:.1f} |")
         table = "\n".join([
             f"Run {datetime.now(UTC):%Y-%m-%d} with `.venv/bin/python bench/bench_gateway.py "
             f"--runs {args.runs} --readings {args.readings} --receive-maximum "
             f"{args.receive_maximum} --batch {args.batch}` on: {machine(folder)}; "
-            f"load average before: {os.getloadavg()[0]:.1f}.", "",
+            f"load average before: {load_at_start:.1f}{arenas}.",
+            "",
             "| store | ingest workers | backlog (100 nodes, QoS 1) | ingest readings/s "
             "| every seq stored once | gateway CPU µs/reading | latency p50 ms "
             "| latency p99 ms (at 1,000 readings/s) | gateway peak RSS MB, all processes "
-            "(PSS) | start → first reading stored s |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |", *rows])
+            "(PSS); each process's peak | RSS MB at 1,000 readings/s, after the backlog "
+            "| start → first reading stored s | load average before the row |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            *rows])
         print(table)
         if args.write:
             replace_section(ROOT / "bench" / "GATEWAY_RESULTS.md", "gateway", table)

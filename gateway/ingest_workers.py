@@ -2,8 +2,11 @@
 
 One Python process decodes, validates and encodes readings on one core at most; a busy site
 (bench/GATEWAY_RESULTS.md: 20,000 readings/s) needs the second core. With
-``ingest_workers = N`` the gateway starts N worker processes (``spawn``: nothing inherited but
-the settings). Each is a complete ``gateway.ingest.Ingest`` for telemetry only:
+``ingest_workers = N`` the gateway starts N worker processes: fresh interpreters
+(``python -c "from gateway.ingest_workers import ..."``, not ``multiprocessing``: its ``spawn``
+re-imports the parent's ``__main__`` and keeps a 12 MB resource-tracker process running) that
+import only what ingest needs and get the settings over a socket pair. Each is a complete
+``gateway.ingest.Ingest`` for telemetry only:
 
 - its own MQTT client ``<client_id>-w<i>`` with a persistent session on the shared
   subscription ``$share/<group>/cacao/v1/<site>/+/telemetry`` (``group`` = ``shared_group``,
@@ -19,15 +22,18 @@ the answer before acknowledging: the listener sees every node's latest state wit
 "recorded before acknowledged" guarantee, for the price of one pipe round trip per batch of
 thousands of readings. The counters keep the gateway's ``IngestStats`` (``/metrics``) whole.
 
-A worker runs with Python's automatic garbage collector off and collects every
-``GC_EVERY_S`` instead: its batches of thousands of young objects kept triggering collections
-that found nothing (the ingest makes no reference cycles), ~25 % of a reading's CPU time.
+A worker runs with Python's automatic garbage collector off: its batches of thousands of
+young objects kept triggering collections that found nothing, ~25 % of a reading's CPU time.
+Instead it freezes what start-up made (``gc.freeze``), collects the young generation after
+every durable batch (the one cycle a batch leaves is httpx's request, holding its ~1 MB body)
+and everything every ``GC_EVERY_S``.
 
 Lifecycle: workers ignore SIGINT/SIGTERM (systemd and Ctrl-C signal the whole group; the main
-process decides) and stop when told, finishing and acknowledging what they hold. A worker
-whose main process disappears (SIGKILL) stops within a second without acknowledging anything
-more — the broker delivers it again to the restarted gateway — so an orphan never fights the
-restarted gateway's worker over its client id. A worker that dies is started again.
+process decides) and stop when told (``stop`` on their stdin), finishing and acknowledging
+what they hold. A worker whose main process disappears (SIGKILL: its stdin ends) stops within
+a second without acknowledging anything more — the broker delivers it again to the restarted
+gateway — so an orphan never fights the restarted gateway's worker over its client id. A
+worker that dies is started again.
 """
 
 from __future__ import annotations
@@ -36,18 +42,20 @@ import atexit
 import contextlib
 import gc
 import logging
-import multiprocessing
 import multiprocessing.connection
 import os
+import select
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import IO, Any
 
 from cacao_dryer.contract import Channel, NodeEvent, NodeStatus
 from gateway.config import GatewaySettings
@@ -75,6 +83,13 @@ class WorkerBatch:
     store_errors: int = 0
     invalid: dict[str, int] = field(default_factory=dict)
     needs_answer: bool = True
+    connected: bool | None = None  # the worker's MQTT state, when it changed
+
+
+# The worker process's entry: a fresh interpreter importing only this module (and what ingest
+# needs); the socket pair's end is its argument, the settings come over it.
+WORKER_ENTRY = "from gateway.ingest_workers import worker_process; worker_process()"
+_STOP = b"stop\n"  # on a worker's stdin: finish and acknowledge what you hold
 
 
 class WorkerPool:
@@ -86,10 +101,8 @@ class WorkerPool:
         self.settings = settings
         self.count = settings.ingest_workers
         self._on_batch = on_batch
-        self._context = multiprocessing.get_context("spawn")
-        self._stop = self._context.Event()
-        self._connected = [self._context.Event() for _ in range(self.count)]
-        self._processes: list[BaseProcess | None] = [None] * self.count
+        self._connected = [False] * self.count
+        self._processes: list[subprocess.Popen[bytes] | None] = [None] * self.count
         self._connections: list[Connection | None] = [None] * self.count
         self._restart_at = [0.0] * self.count
         self._restart_delay = [RESTART_MIN_S] * self.count
@@ -101,55 +114,73 @@ class WorkerPool:
         self.restarts = 0
 
     def start(self) -> None:
-        # An interpreter that exits without stop() (a failed start) terminates its daemon
-        # processes: do not start them again meanwhile (atexit runs this before that).
+        # An interpreter that exits without stop() (a failed start) closes the workers'
+        # stdin, so they stop: do not start them again meanwhile (atexit runs this first).
         atexit.register(self._stopping.set)
         for index in range(self.count):
             self._spawn(index)
         self._thread.start()
 
     def all_connected(self) -> bool:
-        return all(event.is_set() for event in self._connected)
+        return all(self._connected)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Tell every worker to finish; answer them until they have exited."""
-        self._stop.set()
         with self._process_lock:  # no restart check in flight: only this thread reaps now
             self._stopping.set()
-        deadline = time.monotonic() + timeout
         for process in self._processes:
+            if process is not None:
+                _tell(process.stdin, _STOP)
+        deadline = time.monotonic() + timeout
+        for index, process in enumerate(self._processes):
             if process is None:
                 continue
-            process.join(max(0.1, deadline - time.monotonic()))
-            if process.exitcode is None:
-                log.warning("ingest worker %s did not stop in time; terminating it",
-                            process.name)
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("ingest worker %d did not stop in time; terminating it", index + 1)
                 process.terminate()
-                process.join(5)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(5)
         self._stopped.set()
         self._thread.join(5)
-        for connection in self._connections:
-            if connection is not None:
-                connection.close()
+        for index in range(self.count):
+            self._forget(index)
 
     def _spawn(self, index: int) -> None:
-        parent_end, child_end = self._context.Pipe()
-        process = self._context.Process(
-            target=worker_main, name=f"ingest-worker-{index + 1}",
-            args=(self.settings.model_dump(mode="json"), index, child_end, self._stop,
-                  self._connected[index], logging.getLogger().getEffectiveLevel()),
-            daemon=True)
-        process.start()
-        child_end.close()
+        parent_end, child_end = socket.socketpair()
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-c", WORKER_ENTRY, str(child_end.fileno())],
+                stdin=subprocess.PIPE, pass_fds=(child_end.fileno(),), close_fds=True)
+        finally:
+            child_end.close()
+        connection = Connection(parent_end.detach())
+        connection.send({"settings": self.settings.model_dump(mode="json"), "index": index,
+                         "log_level": logging.getLogger().getEffectiveLevel()})
         self._processes[index] = process
-        self._connections[index] = parent_end
+        self._connections[index] = connection
+
+    def _forget(self, index: int) -> None:
+        """Close what linked this process to worker ``index`` (it has exited)."""
+        self._connected[index] = False
+        connection, self._connections[index] = self._connections[index], None
+        if connection is not None:
+            connection.close()
+        process = self._processes[index]
+        if process is not None and process.stdin is not None:
+            with contextlib.suppress(OSError):
+                process.stdin.close()
 
     def _serve(self) -> None:
         """Answer the workers' batches; notice and restart dead workers."""
         while True:
             live = [c for c in self._connections if c is not None]
-            sentinels = [p.sentinel for p in self._processes if p is not None]
-            ready = multiprocessing.connection.wait([*live, *sentinels], timeout=0.2)
+            if live:
+                ready = multiprocessing.connection.wait(live, timeout=0.2)
+            else:  # every worker is down (being restarted) or stopping
+                self._stopped.wait(0.2)
+                ready = []
             for index, connection in enumerate(self._connections):
                 if connection is not None and connection in ready:
                     self._answer(index, connection)
@@ -164,6 +195,8 @@ class WorkerPool:
             connection.close()
             self._connections[index] = None  # the process check below restarts it
             return
+        if batch.connected is not None:
+            self._connected[index] = batch.connected
         error: str | None = None
         try:
             self._on_batch(batch)
@@ -186,14 +219,10 @@ class WorkerPool:
                     log.warning("restarting ingest worker %d", index + 1)
                     self.restarts += 1
                     self._spawn(index)
-            elif not process.is_alive():
+            elif process.poll() is not None:
                 log.error("ingest worker %d exited (code %s); restarting it in %.0f s",
-                          index + 1, process.exitcode, self._restart_delay[index])
-                self._connected[index].clear()
-                connection = self._connections[index]
-                if connection is not None:
-                    connection.close()
-                self._connections[index] = None
+                          index + 1, process.returncode, self._restart_delay[index])
+                self._forget(index)
                 self._processes[index] = None
                 self._restart_at[index] = now + self._restart_delay[index]
                 self._restart_delay[index] = min(self._restart_delay[index] * 2,
@@ -212,6 +241,7 @@ class MainProcessLink:
         self._connection = connection
         self._lock = threading.Lock()
         self._reported: dict[str, Any] = {}
+        self._connected = False  # as last reported
         self.stats: Any = None  # the worker's IngestStats, set once the ingest exists
 
     def batch_received(self, readings: Sequence[StoredReading],
@@ -219,11 +249,19 @@ class MainProcessLink:
         from gateway.ingest import newest_per_node
 
         self._report(newest_per_node(readings), needs_answer=True)
+        # The batch is durable: whatever it left in reference cycles (httpx keeps each
+        # request, with its 1 MB body, in one) is garbage now. A young-generation pass finds
+        # it at once instead of at the next full collection GC_EVERY_S later (~20 MB at
+        # 20,000 readings/s); it is cheap, as the objects still alive are few.
+        gc.collect(0)
 
-    def push_counters(self) -> None:
-        """Counters that changed without a listener call (batches of invalid messages only)."""
-        if self._delta_pending():
-            self._report([], needs_answer=False)
+    def push_counters(self, connected: bool) -> None:
+        """Counters that changed without a listener call (batches of invalid messages only),
+        and the MQTT state when it changed."""
+        changed = connected != self._connected
+        if changed or self._delta_pending():
+            self._report([], needs_answer=False, connected=connected if changed else None)
+            self._connected = connected
 
     def _delta_pending(self) -> bool:
         stats = self.stats
@@ -231,9 +269,10 @@ class MainProcessLink:
             stats.received != self._reported.get("received", 0)
             or stats.store_errors != self._reported.get("store_errors", 0))
 
-    def _report(self, readings: list[StoredReading], *, needs_answer: bool) -> None:
+    def _report(self, readings: list[StoredReading], *, needs_answer: bool,
+                connected: bool | None = None) -> None:
         with self._lock:
-            batch = self._delta(readings, needs_answer)
+            batch = self._delta(readings, needs_answer, connected)
             try:
                 self._connection.send(batch)
                 if not needs_answer:
@@ -246,7 +285,8 @@ class MainProcessLink:
         if error is not None:
             raise RuntimeError(f"the main process could not record the batch: {error}")
 
-    def _delta(self, readings: list[StoredReading], needs_answer: bool) -> WorkerBatch:
+    def _delta(self, readings: list[StoredReading], needs_answer: bool,
+               connected: bool | None) -> WorkerBatch:
         """Counters since the last report (reported once, whatever the answer)."""
         stats, before = self.stats, self._reported
         now = {"received": stats.received, "stored": stats.stored,
@@ -256,17 +296,33 @@ class MainProcessLink:
         self._reported = now
         return WorkerBatch(
             worker=self.index, readings=readings, needs_answer=needs_answer,
-            invalid=dict(invalid),
+            connected=connected, invalid=dict(invalid),
             **{key: now[key] - before.get(key, 0) for key in
                ("received", "stored", "duplicates", "spooled", "store_errors")})
 
 
-def worker_main(settings_data: dict[str, Any], index: int, connection: Connection,
-                stop: Any, connected: Any, log_level: int) -> None:
-    """A worker process: telemetry on the shared subscription until ``stop`` is set or the
-    main process is gone."""
+def _tell(stream: IO[bytes] | None, message: bytes) -> None:
+    if stream is None:
+        return
+    with contextlib.suppress(OSError, ValueError):  # the worker is gone (or being reaped)
+        stream.write(message)
+        stream.flush()
+
+
+def worker_process() -> None:
+    """The worker process's entry (``WORKER_ENTRY``): the socket pair's end is argv[1]."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    connection = Connection(int(sys.argv[1]))
+    setup: dict[str, Any] = connection.recv()
+    worker_main(setup["settings"], setup["index"], connection, sys.stdin.fileno(),
+                setup["log_level"])
+
+
+def worker_main(settings_data: dict[str, Any], index: int, connection: Connection,
+                control: int, log_level: int) -> None:
+    """A worker process: telemetry on the shared subscription until ``stop`` comes on the
+    ``control`` file descriptor, or it ends (the main process is gone)."""
     logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s %(name)s "
                         f"[worker {index + 1}]: %(message)s")
     from gateway.ingest import Ingest, share_name
@@ -282,14 +338,23 @@ def worker_main(settings_data: dict[str, Any], index: int, connection: Connectio
                     spool_path=settings.data_dir / f"spool-w{index + 1}.jsonl")
     link.stats = ingest.stats
     # The automatic garbage collector costs ~25 % of a reading's CPU here (a batch of
-    # thousands of young pydantic objects keeps triggering collections that find nothing: the
-    # ingest makes no reference cycles). A worker does nothing else, so it collects on a
-    # clock instead; whatever cyclic garbage there is lives at most GC_EVERY_S.
+    # thousands of young pydantic objects keeps triggering collections that find nothing).
+    # A worker does nothing else, so it collects the young generation after each batch
+    # (MainProcessLink) and everything on a clock; start-up's objects are frozen, never
+    # looked at again.
     gc.disable()
+    gc.freeze()
     last_collect = time.monotonic()
     ingest.start()
     try:
-        while not stop.wait(PARENT_CHECK_S):
+        while True:
+            told, _, _ = select.select([control], [], [], PARENT_CHECK_S)
+            if told:
+                if os.read(control, 64).startswith(_STOP):
+                    break  # finish and acknowledge what is held
+                log.error("the gateway's main process is gone: stopping without "
+                          "acknowledging more")
+                break
             if time.monotonic() - last_collect >= GC_EVERY_S:
                 gc.collect()
                 last_collect = time.monotonic()
@@ -297,12 +362,7 @@ def worker_main(settings_data: dict[str, Any], index: int, connection: Connectio
                 log.error("the gateway's main process is gone: stopping without "
                           "acknowledging more")
                 break
-            if ingest.connected:
-                connected.set()
-            else:
-                connected.clear()
-            link.push_counters()
+            link.push_counters(ingest.connected)
     finally:
         ingest.stop()
         store.close()
-        connected.clear()

@@ -11,6 +11,10 @@ bulk:
   pass; the PUBLISH packets of a chunk go to ``on_messages`` as one list;
 - acknowledges a whole list of messages with one write (``ack``), in the order given (MQTT
   requires QoS 1 acknowledgements in arrival order, which the ingest keeps);
+- holds itself to the Receive Maximum it announced: with that many messages unacknowledged it
+  stops reading the socket (what else arrives waits there, undecoded, and in the broker).
+  Mosquitto 2.0.11 sends a resumed session's whole offline queue after the first
+  acknowledgement; without this a 200,000-reading backlog took ~140 MB per process;
 - a persistent session (clean start off, session expiry, Receive Maximum), subscriptions
   (re)made at every connect, keepalive pings, reconnect with backoff, TLS, user/password;
 - acknowledgements of messages received on an earlier connection are never sent: after a
@@ -48,6 +52,7 @@ log = logging.getLogger("cacao_dryer.gateway.mqtt")
 READ_CHUNK = 256 * 1024
 MAX_PACKET_BYTES = 1024 * 1024  # announced to the broker: larger messages never reach us
 CONNECT_TIMEOUT_S = 10.0
+TOPIC_CACHE_SIZE = 10_000  # distinct topic names remembered (a site has a few per node)
 RECONNECT_MIN_S, RECONNECT_MAX_S = 1.0, 30.0
 
 # Control packet types (MQTT v5 §2.1.2).
@@ -223,6 +228,8 @@ class MqttReceiver:
         self._session_present = False
         self._finishing = False
         self._inflight = 0  # QoS 1 messages of this connection not acknowledged yet
+        self._held_back = False  # complete PUBLISH packets wait in the buffer for room
+        self._topics: dict[bytes, str] = {}  # topic names as received → the one str each
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -297,6 +304,7 @@ class MqttReceiver:
                     self._subscribed.clear()
                     self._connection += 1
                     self._inflight = 0
+                    self._held_back = False
                     self._outgoing.clear()
             if self._finishing:
                 return
@@ -336,6 +344,7 @@ class MqttReceiver:
             view = memoryview(chunk)
             connack_by = time.monotonic() + CONNECT_TIMEOUT_S
             last_sent = last_heard = time.monotonic()
+            reading = True  # the socket is read (not while the receive window is full)
             while True:
                 now = time.monotonic()
                 if not self._connected.is_set() and now > connack_by:
@@ -343,14 +352,29 @@ class MqttReceiver:
                 if self._stop.is_set():
                     self._send(sock, self._take_outgoing() + _DISCONNECT_PACKET)
                     return
+                window_open = not self.window_full
+                if window_open != reading:
+                    # Back-pressure: with the window full, nothing more is read (the broker's
+                    # further messages wait there and in the socket buffer) until the ingest
+                    # acknowledges; not hearing the broker meanwhile is our choice.
+                    reading = window_open
+                    if reading:
+                        selector.register(sock, selectors.EVENT_READ, "broker")
+                    else:
+                        selector.unregister(sock)
+                    last_heard = now
                 if self._connected.is_set():
                     keepalive = self._keepalive
-                    if keepalive and now - last_heard > 1.5 * keepalive:
+                    if keepalive and reading and now - last_heard > 1.5 * keepalive:
                         raise ProtocolError(f"broker silent for {now - last_heard:.0f} s")
                     if keepalive and now - last_sent >= keepalive / 2:
                         self._send(sock, _PINGREQ_PACKET)  # answered by PINGRESP: heard
                         last_sent = now
-                events = selector.select(timeout=1.0)
+                # Packets already read but held back by a full window, or decrypted TLS bytes
+                # the selector cannot see: go on at once.
+                ready = reading and (self._held_back or (
+                    self._tls and sock.pending()))  # type: ignore[attr-defined]
+                events = selector.select(timeout=0 if ready else 1.0)
                 for key, _mask in events:
                     if key.data == "wake":
                         try:
@@ -358,7 +382,9 @@ class MqttReceiver:
                                 pass
                         except BlockingIOError:
                             pass
-                        continue
+                    else:
+                        ready = True
+                if ready and reading:
                     while True:  # TLS may hold decrypted bytes the selector cannot see
                         try:
                             count = sock.recv_into(chunk)
@@ -402,10 +428,15 @@ class MqttReceiver:
             view = view[sent:]
 
     def _dispatch(self, sock: socket.socket, buffer: bytearray) -> int:
-        """Handle every complete packet at the start of ``buffer``; returns the bytes used."""
+        """Handle the complete packets at the start of ``buffer``, returns the bytes used.
+        Stops before a QoS 1 PUBLISH the receive window has no room for (``_held_back``):
+        it stays in ``buffer``, undecoded, until acknowledgements make room."""
         pos, end = 0, len(buffer)
         messages: list[Received] = []
         connection = self._connection
+        room = self.receive_maximum - self._inflight
+        topics = self._topics
+        self._held_back = False
         while end - pos >= 2:
             first = buffer[pos]
             length = buffer[pos + 1]
@@ -425,8 +456,18 @@ class MqttReceiver:
             if first >> 4 == PUBLISH:
                 if not self._connected.is_set():
                     raise ProtocolError("PUBLISH before CONNACK")
+                if first & 0x06:  # QoS 1 (2 is refused below)
+                    if room <= 0:
+                        self._held_back = True
+                        break
+                    room -= 1
                 topic_end = body + 2 + ((buffer[body] << 8) | buffer[body + 1])
-                topic = buffer[body + 2:topic_end].decode("utf-8", "replace")
+                raw_topic = bytes(buffer[body + 2:topic_end])
+                topic = topics.get(raw_topic)
+                if topic is None:  # one str per topic, not per message held in the window
+                    if len(topics) >= TOPIC_CACHE_SIZE:
+                        topics.clear()
+                    topic = topics[raw_topic] = raw_topic.decode("utf-8", "replace")
                 qos = (first >> 1) & 0x03
                 cursor = topic_end
                 packet_id = 0

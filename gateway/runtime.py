@@ -109,7 +109,7 @@ class GatewayRuntime:
         settings = self.settings
         Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
         store = open_store(settings)
-        metadata = open_metadata(metadata_url(settings))
+        metadata = open_metadata(metadata_url(settings), migrate_in_subprocess=True)
         self._publisher = MqttPublisher(settings.mqtt)
         self._publisher.start()
         registry = NodeRegistry(metadata, self.clock, settings.timezone)
@@ -134,7 +134,7 @@ class GatewayRuntime:
         settings = self.settings
         Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
         store = open_store(settings)
-        metadata = open_metadata(metadata_url(settings))
+        metadata = open_metadata(metadata_url(settings), migrate_in_subprocess=True)
         # Never the gateway's client ids: the broker would drop one of the two connections.
         self._publisher = MqttPublisher(
             settings.mqtt, client_id=f"{settings.mqtt.client_id[:40]}-dashboard-out-"
