@@ -24,7 +24,6 @@ import threading
 from collections import Counter
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from cacao_dryer.contract import (
     TOPIC_PREFIX,
@@ -35,10 +34,10 @@ from cacao_dryer.contract import (
     parse_alert_topic,
 )
 from cacao_dryer.errors import CacaoDryerError, PayloadError
-from firmware.config import parse_broker_url
 from gateway.config import GatewayMqttConfig
 from gateway.ingest import decode_payload
 from gateway.live import LiveHub
+from gateway.mqtt_out import gateway_client
 from gateway.timeseries import StoredReading
 
 log = logging.getLogger("cacao_dryer.gateway")
@@ -58,17 +57,7 @@ class LiveFeed:
         self.received = 0
         self.invalid: Counter[str] = Counter()
         self._subscribed = threading.Event()
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                                   protocol=mqtt.MQTTv5)
-        if settings.username:
-            password = (settings.password_file.read_text(encoding="utf-8").strip()
-                        if settings.password_file else None)
-            self._client.username_pw_set(settings.username, password)
-        self._host, self._port, tls = parse_broker_url(settings.broker)
-        if tls:
-            self._client.tls_set(ca_certs=str(settings.tls_ca_file)
-                                 if settings.tls_ca_file else None)
-        self._client.reconnect_delay_set(1, 30)
+        self._client, self._host, self._port = gateway_client(settings, self.client_id)
         self._keepalive = settings.keepalive_s
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = lambda *_args: self._subscribed.set()

@@ -21,20 +21,27 @@ from gateway.config import GatewayMqttConfig
 log = logging.getLogger("cacao_dryer.gateway")
 
 
+def gateway_client(settings: GatewayMqttConfig, client_id: str
+                   ) -> tuple[mqtt.Client, str, int]:
+    """A paho MQTT v5 client with the gateway's login and TLS, reconnecting by itself (1 to
+    30 s apart); returns it with the broker's host and port to connect to."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                         protocol=mqtt.MQTTv5)
+    if settings.username:
+        password = (settings.password_file.read_text(encoding="utf-8").strip()
+                    if settings.password_file else None)
+        client.username_pw_set(settings.username, password)
+    host, port, tls = parse_broker_url(settings.broker)
+    if tls:
+        client.tls_set(ca_certs=str(settings.tls_ca_file) if settings.tls_ca_file else None)
+    client.reconnect_delay_set(1, 30)
+    return client, host, port
+
+
 class MqttPublisher:
     def __init__(self, settings: GatewayMqttConfig, client_id: str | None = None) -> None:
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2,
-                                   client_id=client_id or f"{settings.client_id}-out",
-                                   protocol=mqtt.MQTTv5)
-        if settings.username:
-            password = (settings.password_file.read_text().strip()
-                        if settings.password_file else None)
-            self._client.username_pw_set(settings.username, password)
-        self._host, self._port, tls = parse_broker_url(settings.broker)
-        if tls:
-            self._client.tls_set(ca_certs=str(settings.tls_ca_file)
-                                 if settings.tls_ca_file else None)
-        self._client.reconnect_delay_set(1, 30)
+        self._client, self._host, self._port = gateway_client(
+            settings, client_id or f"{settings.client_id}-out")
         self._keepalive = settings.keepalive_s
         self._connected = threading.Event()
         # mid → reason of a PUBACK the broker sent with a failure code (MQTT v5: 0x87 "not
