@@ -12,7 +12,14 @@
   ``batch_max_latency_s`` after the first one arrived (sooner when the broker may send no more
   before an acknowledgement: the session's Receive Maximum is reached).
 - Invalid payloads are counted per reason, logged at most once per node per minute, and never
-  stored; nothing a node sends can stop the gateway.
+  stored; nothing a node sends can stop the gateway. That includes telemetry the contract
+  accepts but no store can keep (``storable_reading``: a seq beyond 2**53, a time outside
+  InfluxDB's years 1677-2262, a config_version too big for a float): such a reading is
+  refused as invalid ("cannot be stored") instead of being retried or spooled for ever and
+  holding up every reading behind it; likewise a status or event the metadata database
+  would refuse (``storable_record``: NUL characters, NaN/Infinity, an event seq beyond
+  2**31 - 1, its 32-bit column). Found by bench/fault_suite.py and tests/test_ingest_fuzz.py
+  (docs/faults.md).
 - Throughput: the MQTT connection is ``gateway.mqtt_in.MqttReceiver`` (bulk reads, one write
   per batch of acknowledgements); telemetry is validated straight from the JSON bytes. With
   ``ingest_workers`` > 0, telemetry is taken by that many worker processes on a shared
@@ -24,6 +31,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import re
 import threading
@@ -31,6 +39,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -62,7 +71,8 @@ if TYPE_CHECKING:
     from gateway.ingest_workers import WorkerBatch, WorkerPool
 
 __all__ = ["Ingest", "IngestListener", "IngestStats", "NodeView", "Received",
-           "decode_payload", "newest_per_node", "share_name"]
+           "decode_payload", "newest_per_node", "share_name", "storable_reading",
+           "storable_record"]
 
 log = logging.getLogger("cacao_dryer.gateway")
 
@@ -70,6 +80,15 @@ INVALID_LOG_INTERVAL_S = 60.0
 RETRY_MIN_S, RETRY_MAX_S = 0.5, 30.0
 SPOOL_RETRY_S = 5.0  # how often an idle gateway tries to write its spool out
 ALL_CHANNELS = (Channel.TELEMETRY, Channel.STATUS, Channel.EVENT)
+# What every store can keep: seq is a 64-bit integer in SQLite and InfluxDB, but the stores
+# compute with it (seq + 1, sums per day) and the dashboard reads it in JavaScript, exact only
+# up to 2**53 - 1 (a node numbering one reading a second would need 285 million years).
+# InfluxDB's timestamps (measured_at in ns) span 1677-09-21 to 2262-04-11 (whole days inside).
+MAX_STORABLE_SEQ = 2**53 - 1
+# Events are kept in the metadata database, whose node_events.seq is a 32-bit INTEGER.
+MAX_STORABLE_EVENT_SEQ = 2**31 - 1
+STORABLE_FROM = datetime(1677, 9, 22, tzinfo=UTC)
+STORABLE_UNTIL = datetime(2262, 4, 11, tzinfo=UTC)
 
 
 @dataclass
@@ -131,6 +150,60 @@ def decode_payload(topic_name: str, payload: bytes) -> tuple[str, str, object]:
                     and message.node_id == node_id):
                 return site_id, node_id, message
     return decode_message(topic_name, payload)
+
+
+def storable_reading(topic_name: str, message: Telemetry) -> StoredReading:
+    """The reading as the stores keep it; PayloadError ("cannot be stored") for telemetry
+    the contract accepts but no store can keep. Without this check such a reading would be
+    refused by the store at every retry (or spooled for ever), holding up every reading
+    behind it — one bad message would stop a site's ingest."""
+    if message.seq > MAX_STORABLE_SEQ:
+        raise PayloadError(f"{topic_name}: seq {message.seq} cannot be stored (more than "
+                           f"{MAX_STORABLE_SEQ})")
+    if not STORABLE_FROM <= message.measured_at < STORABLE_UNTIL:
+        raise PayloadError(f"{topic_name}: measured_at {message.measured_at.isoformat()} "
+                           f"cannot be stored (years 1677-2262 only)")
+    try:
+        reading = StoredReading.from_telemetry(message)
+    except OverflowError:  # an integer too big for a float (config_version)
+        raise PayloadError(f"{topic_name}: config_version {message.config_version} cannot "
+                           f"be stored (too big)") from None
+    if not all(math.isfinite(value) for value in reading.fields.values()):
+        raise PayloadError(f"{topic_name}: a field cannot be stored (not a finite number)")
+    return reading
+
+
+def storable_record(topic_name: str, message: NodeStatus | NodeEvent) -> None:
+    """PayloadError ("cannot be stored") for a status or event the contract accepts but the
+    metadata database refuses: a NUL character (PostgreSQL text), NaN or Infinity (PostgreSQL
+    JSON), an event seq beyond ``MAX_STORABLE_EVENT_SEQ``. The node registry would otherwise
+    fail on it at every retry and hold up the whole ingest."""
+    if isinstance(message, NodeEvent) and message.seq > MAX_STORABLE_EVENT_SEQ:
+        raise PayloadError(f"{topic_name}: seq {message.seq} cannot be stored (more than "
+                           f"{MAX_STORABLE_EVENT_SEQ})")
+    problem = _unstorable_json(message.model_dump(exclude_none=True))
+    if problem is not None:
+        raise PayloadError(f"{topic_name}: {problem} cannot be stored")
+
+
+def _unstorable_json(value: object, depth: int = 0) -> str | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return "a NUL character" if "\x00" in value else None
+    if depth > 100:  # decode_message refuses deeper JSON long before
+        return "nesting"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            problem = _unstorable_json(key, depth + 1) or _unstorable_json(item, depth + 1)
+            if problem is not None:
+                return problem
+    elif isinstance(value, list | tuple):
+        for item in value:
+            problem = _unstorable_json(item, depth + 1)
+            if problem is not None:
+                return problem
+    return None
 
 
 def newest_per_node(readings: Sequence[StoredReading]) -> list[StoredReading]:
@@ -329,8 +402,17 @@ class Ingest:
             except Exception as exc:  # never let a payload stop the gateway
                 self._invalid(message.topic, CacaoDryerError(f"{message.topic}: {exc!r}"))
                 continue
-            if isinstance(decoded, Telemetry):
-                readings.append(StoredReading.from_telemetry(decoded))
+            try:
+                if isinstance(decoded, Telemetry):
+                    readings.append(storable_reading(message.topic, decoded))
+                    continue
+                if isinstance(decoded, NodeStatus | NodeEvent):
+                    storable_record(message.topic, decoded)
+            except PayloadError as exc:
+                self._invalid(message.topic, exc)
+                continue
+            except Exception as exc:  # never let a payload stop the decoder thread
+                self._invalid(message.topic, CacaoDryerError(f"{message.topic}: {exc!r}"))
                 continue
             view = self.nodes.get((site_id, node_id))
             if view is None:
@@ -371,7 +453,7 @@ class Ingest:
         self.stats.duplicates += len(readings) - new
 
     def _invalid(self, topic_name: str, exc: Exception) -> None:
-        reason = str(exc)
+        reason = " ".join(str(exc).split())  # one line: a key sent by a node may hold "\n"
         parts = topic_name.split("/")
         key = "/".join(parts[2:4]) if len(parts) >= 4 else topic_name
         self.stats.invalid[_reason_kind(reason)] += 1
@@ -401,7 +483,7 @@ class Ingest:
 def _reason_kind(reason: str) -> str:
     """A short, bounded label for counting invalid messages by kind."""
     for kind in ("not valid JSON", "exceeds", "schema_version", "payload names", "topic",
-                 "nested too deeply", "expected a JSON object"):
+                 "nested too deeply", "expected a JSON object", "cannot be stored"):
         if kind in reason:
             return kind
     return "invalid field"
