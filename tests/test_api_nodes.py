@@ -184,3 +184,25 @@ def test_prometheus_metrics_count_nodes_gaps_and_ingest(gateway: GatewayContext)
     assert f'cacao_node_up{{node="{NODE}",site="{SITE}"}} 1.0' in lines
     assert f'cacao_node_missing_readings{{node="{NODE}",site="{SITE}"}} 2.0' in lines
     assert "cacao_batches_running 0.0" in lines
+    assert "cacao_gateway_store_up 1.0" in lines
+
+
+def test_prometheus_metrics_answer_while_the_readings_store_is_down(
+        gateway: GatewayContext) -> None:
+    """Monitoring needs /metrics most when InfluxDB is down (the fault suite found it
+    answering 503 then): the store's gauges go, the rest stays, store_up says 0."""
+    from support.mosquitto import free_port
+
+    from gateway.stores.influxdb1 import InfluxDB1Store
+
+    NodeRegistry(gateway.metadata, gateway.clock).batch_received(
+        [], [NodeStatus(site_id=SITE, node_id=NODE, state=NodeState.ONLINE)], [])
+    gateway.store.close()
+    gateway.store = InfluxDB1Store(f"http://127.0.0.1:{free_port()}", "cacao", timeout_s=1)
+    response = client_for(gateway, actor=None).get("/metrics")
+    assert response.status_code == 200
+    lines = response.text.splitlines()
+    assert "cacao_gateway_store_up 0.0" in lines
+    assert f'cacao_node_up{{node="{NODE}",site="{SITE}"}} 1.0' in lines
+    assert not [line for line in lines if line.startswith("cacao_node_missing_readings{")]
+    gateway.store.close()

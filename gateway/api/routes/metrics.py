@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from gateway.api.deps import ContextDep
 from gateway.context import GatewayContext
 from gateway.metadata.models import AlertRecord, Batch, Node
-from gateway.timeseries import missing_ranges
+from gateway.timeseries import StoreUnavailable, missing_ranges
 
 router = APIRouter(tags=["health"])
 
@@ -55,12 +55,20 @@ class GatewayCollector(Collector):
                                     "Readings missing from the store (sequence gaps)",
                                     labels=["site", "node"])
         alerts = GaugeMetricFamily("cacao_alerts_open", "Open alerts", labels=["kind", "severity"])
+        store_up = True  # metrics must answer exactly when the store is down
         with self.context.metadata.session() as session:
             for node in session.scalars(select(Node).order_by(Node.site_id, Node.node_id)):
                 labels = [node.site_id, node.node_id]
                 nodes.add_metric(labels, 1.0 if node.state == "online" else 0.0)
                 silence.add_metric(labels, (now - node.last_seen_at).total_seconds())
-                gaps = missing_ranges(self.context.store.seq_ranges(node.site_id, node.node_id))
+                if not store_up:
+                    continue
+                try:
+                    stored = self.context.store.seq_ranges(node.site_id, node.node_id)
+                except StoreUnavailable:
+                    store_up = False
+                    continue
+                gaps = missing_ranges(stored)
                 missing.add_metric(labels, sum(last - first + 1 for first, last in gaps))
             for kind, severity, count in session.execute(
                     select(AlertRecord.kind, AlertRecord.severity, func.count())
@@ -69,6 +77,9 @@ class GatewayCollector(Collector):
                 alerts.add_metric([kind, severity], count)
             running = session.scalar(select(func.count()).select_from(Batch)
                                      .where(Batch.ended_at.is_(None))) or 0
+        yield GaugeMetricFamily("cacao_gateway_store_up", "1 if the time-series store answered "
+                                "(0: readings are being spooled; missing-readings gauges left "
+                                "out)", value=1.0 if store_up else 0.0)
         yield from (nodes, silence, missing, alerts)
         yield GaugeMetricFamily("cacao_batches_running", "Batches drying now", value=running)
         yield from self._notifications()
