@@ -1107,6 +1107,12 @@ def report_markdown(report: RunReport, command: str) -> str:
     lines += ["", "Alerts the gateway opened during the run (`GET /api/alerts?state=all`): "
               + (", ".join(f"{kind} {count}" for kind, count in sorted(kinds.items()))
                  or "none") + "."]
+    explained = {"node_offline", "clock_wrong"}  # judged per fault above
+    others = [a for a in report.alerts if a["kind"] not in explained]
+    if others:
+        lines += ["", "Other alerts (not judged as a fault's alarm):", ""]
+        lines += [f"- {a['node_id']} {a['kind']} at {a['opened_at'][11:19]}: "
+                  f"{a['message'][:140]}" for a in others[:20]]
     return "\n".join(lines) + "\n"
 
 

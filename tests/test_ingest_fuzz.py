@@ -150,7 +150,10 @@ def mutated(draw: st.DrawFn, channel: Channel, message: Any) -> tuple[bytes, str
     if mutation == "none":
         refuse = False
     elif mutation == "wrong_type":
-        data[draw(st.sampled_from(REQUIRED[channel]))] = draw(st.sampled_from(WRONG_TYPES))
+        key = draw(st.sampled_from(REQUIRED[channel]))
+        # Truly another JSON type: `"readings": {}` is still a valid (empty) reading set.
+        data[key] = draw(st.sampled_from(
+            [value for value in WRONG_TYPES if type(value) is not type(data[key])]))
     elif mutation == "missing":
         del data[draw(st.sampled_from(REQUIRED[channel]))]
     elif mutation == "extra":
