@@ -103,8 +103,8 @@ def test_logging_out_ends_the_session(system: System) -> None:
     context = system.new_context(PHONE)
     page = system.watch(context.new_page())
     log_in(system, page)
-    page.click("#logout")  # a POST with the CSRF token
-    page.wait_for_url(f"{system.base_url}/login")
+    page.click("#logout")  # closes the live stream, then a POST with the CSRF token
+    page.wait_for_url(f"{system.base_url}/login")  # exactly: no stream raced it to ?next=
     page.goto("/")
     assert urlsplit(page.url).path == "/login"
     context.close()

@@ -121,7 +121,11 @@
     document.cookie = "cacao_lang=" + encodeURIComponent(code) + "; path=/; max-age=31536000; samesite=lax";
   }
 
+  var leaving = false;   /* logging out: no other navigation, no more requests */
+  var streams = [];      /* open live streams, closed at logout */
+
   function toLogin() {
+    if (leaving) return;
     var here = location.pathname + location.search;
     location.assign("/login?next=" + encodeURIComponent(here));
   }
@@ -175,7 +179,9 @@
       });
     }
     open();
-    return { close: function () { clearTimeout(watchdog); clearTimeout(retry); if (source) source.close(); } };
+    var stream = { close: function () { clearTimeout(watchdog); clearTimeout(retry); if (source) source.close(); } };
+    streams.push(stream);
+    return stream;
   }
 
   /* Run `fn` once, `ms` after the last call (many live events → one refetch). */
@@ -219,6 +225,10 @@
   var logout = document.getElementById("logout");
   if (logout) {
     logout.addEventListener("click", function () {
+      /* Close the live streams first: once the session ends they would answer 401 and race
+         this page to the login page (with a ?next= of their own). */
+      leaving = true;
+      streams.forEach(function (stream) { stream.close(); });
       api("/api/auth/logout", { method: "POST", quiet: true })
         .catch(function () { return null; })
         .then(function () { sessionStorage.removeItem(CSRF_KEY); location.assign("/login"); });
