@@ -73,11 +73,22 @@
 
   /* Call the JSON API. Sends the CSRF token on changes; a lost login goes to the login page
      (unless `quiet`; `allowAnonymous` is for the login itself: no token, no redirect).
-     Rejects with an Error whose message is the API's one-line `detail` and `status`. */
+     Rejects with an Error whose message is the API's one-line `detail` and `status`.
+     Once logging out began, no call goes out and the ones under way are aborted (each would
+     come back 401 and race the logout to the login page); `whileLeaving` is the logout's. */
+  var inFlight = [];   /* AbortControllers of the calls under way */
   function api(path, options) {
     options = options || {};
+    if (leaving && !options.whileLeaving) return Promise.reject(new Error("logging out"));
+    var controller = new AbortController();
+    if (!options.whileLeaving) inFlight.push(controller);
+    function done() {
+      var at = inFlight.indexOf(controller);
+      if (at >= 0) inFlight.splice(at, 1);
+    }
     var headers = { "Accept": "application/json" };
-    var init = { method: options.method || "GET", headers: headers, credentials: "same-origin" };
+    var init = { method: options.method || "GET", headers: headers, credentials: "same-origin",
+                 signal: controller.signal };
     if (options.body !== undefined) {
       headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(options.body);
@@ -101,7 +112,8 @@
         }
         return data;
       });
-    });
+    }).then(function (data) { done(); return data; },
+            function (error) { done(); throw error; });
   }
 
   /* The session's CSRF token: kept from the login answer, or asked for again (a new tab). */
@@ -229,7 +241,8 @@
          this page to the login page (with a ?next= of their own). */
       leaving = true;
       streams.forEach(function (stream) { stream.close(); });
-      api("/api/auth/logout", { method: "POST", quiet: true })
+      inFlight.splice(0).forEach(function (controller) { controller.abort(); });
+      api("/api/auth/logout", { method: "POST", quiet: true, whileLeaving: true })
         .catch(function () { return null; })
         .then(function () { sessionStorage.removeItem(CSRF_KEY); location.assign("/login"); });
     });
