@@ -10,6 +10,7 @@ Topics: ``cacao/v1/<site_id>/<node_id>/<channel>``; every payload is UTF-8 JSON 
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -34,6 +35,11 @@ TOPIC_PREFIX = "cacao/v1"
 MAX_PAYLOAD_BYTES = 64 * 1024
 
 # Site and node ids appear in MQTT topics: lowercase letters, digits and dashes only.
+# Sequence numbers stay exact for every reader (JavaScript numbers are exact up to 2**53 - 1)
+# and fit every store; a node numbering one reading a second needs 285 million years to get
+# there. Config versions are the metadata database's 32-bit integers.
+MAX_SEQ = 2**53 - 1
+MAX_CONFIG_VERSION = 2**31 - 1
 ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,39}$"
 Identifier = Annotated[str, Field(pattern=ID_PATTERN, examples=["secador-01"])]
 
@@ -115,7 +121,8 @@ def _alert_kind(name: str, kind: str) -> AlertKind:
 
 
 class _Message(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and Infinity are not JSON, and no store keeps them: refused in every message.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     schema_version: Literal[1] = SCHEMA_VERSION
 
@@ -170,7 +177,8 @@ class Mode(StrEnum):
 class Telemetry(_NodeMessage):
     """One reading of a node, published once per sample interval and stored exactly once."""
 
-    seq: int = Field(ge=1, description="Per-node reading sequence number; survives restarts")
+    seq: int = Field(ge=1, le=MAX_SEQ,
+                     description="Per-node reading sequence number; survives restarts")
     measured_at: AwareDatetime = Field(description="When the reading was taken (node clock)")
     readings: Readings  # type: ignore[valid-type]
     sensor_faults: dict[str, str] = Field(
@@ -181,8 +189,9 @@ class Telemetry(_NodeMessage):
     vent_open_pct: float = Field(ge=0, le=100, description="Commanded vent opening [%]")
     mode: Mode
     alarms: list[Alarm] = Field(default_factory=list)
-    config_version: int = Field(ge=0, description="Threshold config version in force (0 = "
-                                "the node's built-in defaults)")
+    config_version: int = Field(ge=0, le=MAX_CONFIG_VERSION,
+                                description="Threshold config version in force (0 = the "
+                                "node's built-in defaults)")
     batch_id: Identifier | None = None
 
 
@@ -203,8 +212,8 @@ class NodeStatus(_NodeMessage):
     uptime_s: float | None = Field(None, ge=0)
     simulated: bool | None = None
     mode: Mode | None = None
-    config_version: int | None = Field(None, ge=0)
-    last_seq: int | None = Field(None, ge=0)
+    config_version: int | None = Field(None, ge=0, le=MAX_CONFIG_VERSION)
+    last_seq: int | None = Field(None, ge=0, le=MAX_SEQ)
     queue_depth: int | None = Field(None, ge=0, description="Messages waiting in the outbox")
     queue_dropped_total: int | None = Field(
         None, ge=0, description="Messages the outbox dropped when full, since installation"
@@ -237,7 +246,8 @@ class EventType(StrEnum):
 class NodeEvent(_NodeMessage):
     """Something that happened on a node. Sent through the same durable outbox as telemetry."""
 
-    seq: int = Field(ge=1, description="Per-node event sequence number (separate from readings)")
+    seq: int = Field(ge=1, le=MAX_SEQ,
+                     description="Per-node event sequence number (separate from readings)")
     occurred_at: AwareDatetime
     type: EventType
     message: str = Field(max_length=500, description="One line for people")
@@ -336,7 +346,8 @@ class NodeConfig(_Message):
     """Retained on the node's config topic by the gateway; the node acknowledges with an event
     (config_applied / config_rejected) naming ``version``."""
 
-    version: int = Field(ge=1, description="Monotonic config version; older ones are ignored")
+    version: int = Field(ge=1, le=MAX_CONFIG_VERSION,
+                         description="Monotonic config version; older ones are ignored")
     issued_at: AwareDatetime
     issued_by: str | None = Field(None, max_length=100)
     thresholds: Thresholds
@@ -514,18 +525,57 @@ def _describe(error: ValidationError) -> str:
     return f"{where}: {first['msg']}{got_text}{extra}"
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # a JSON escape of a surrogate half
+
+
+def _has_lone_surrogate(data: object) -> bool:
+    """Any text (key or value) holding half a surrogate pair (a JSON escape such as
+    ``"\\ud800"`` on its own): valid JSON, but not text any database keeps."""
+    pending = [data]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return False
+
+
 def decode(channel: Channel, payload: bytes | str, *, where: str = "") -> BaseModel:
     """Parse and validate a payload; PayloadError with a one-line reason if it is not valid."""
     label = where or channel.value
     size = len(payload)
     if size > MAX_PAYLOAD_BYTES:
         raise PayloadError(f"{label}: payload of {size} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    if isinstance(payload, bytes):
+        # Strictly: json.loads(bytes) would let UTF-8-encoded surrogates (b"\xed\xa0\x80")
+        # through, and no database can store the text they make.
+        try:
+            payload = payload.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PayloadError(f"{label}: not valid UTF-8 ({exc.reason} at byte "
+                               f"{exc.start})") from None
+    elif not payload.isascii():
+        try:
+            payload.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise PayloadError(f"{label}: not valid Unicode ({exc.reason} at character "
+                               f"{exc.start})") from None
     try:
         data = json.loads(payload)
     except RecursionError:
         raise PayloadError(f"{label}: JSON nested too deeply") from None
-    except ValueError as exc:  # invalid JSON, bad UTF-8, integers beyond Python's digit limit
+    except ValueError as exc:  # invalid JSON, integers beyond Python's digit limit
         raise PayloadError(f"{label}: not valid JSON ({exc})") from None
+    if _SURROGATE_ESCAPE.search(payload) and _has_lone_surrogate(data):
+        raise PayloadError(f"{label}: a text holds a lone UTF-16 surrogate (\\ud800-\\udfff "
+                           "without its pair), which is not Unicode")
     if not isinstance(data, dict):
         raise PayloadError(f"{label}: expected a JSON object, got {type(data).__name__}")
     version = data.get("schema_version")

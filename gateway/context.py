@@ -26,6 +26,14 @@ class Publisher(Protocol):
                 timeout: float = 5.0) -> bool: ...
 
 
+class BrokerLink(Protocol):
+    """The MQTT connection that brings data in (``gateway.ingest.Ingest``; for a dashboard
+    run alone, its live view's ``gateway.live_feed.LiveFeed``)."""
+
+    @property
+    def connected(self) -> bool: ...
+
+
 @dataclass
 class GatewayContext:
     settings: GatewaySettings
@@ -41,6 +49,7 @@ class GatewayContext:
     # 600x fast but keeps logins on the wall clock, or a session would end in minutes.
     session_clock: Clock | None = None
     notifications: Any = None  # gateway.notify.service.NotificationService, if configured
+    broker: BrokerLink | None = None  # None: no MQTT link to report on (tests of the API)
 
     @property
     def zone(self) -> ZoneInfo:

@@ -13,13 +13,13 @@
   before an acknowledgement: the session's Receive Maximum is reached).
 - Invalid payloads are counted per reason, logged at most once per node per minute, and never
   stored; nothing a node sends can stop the gateway. That includes telemetry the contract
-  accepts but no store can keep (``storable_reading``: a seq beyond 2**53, a time outside
-  InfluxDB's years 1677-2262, a config_version too big for a float): such a reading is
-  refused as invalid ("cannot be stored") instead of being retried or spooled for ever and
-  holding up every reading behind it; likewise a status or event the metadata database
-  would refuse (``storable_record``: NUL characters, NaN/Infinity, an event seq beyond
-  2**31 - 1, its 32-bit column). Found by bench/fault_suite.py and tests/test_ingest_fuzz.py
-  (docs/faults.md).
+  accepts but no store can keep (``storable_reading``: a time outside InfluxDB's years
+  1677-2262): such a reading is refused as invalid ("cannot be stored") instead of being
+  retried or spooled for ever and holding up every reading behind it; likewise a status or
+  event the metadata database would refuse (``storable_record``: NUL characters, NaN or
+  Infinity in an event's free-form ``data``). Found by bench/fault_suite.py and
+  tests/test_ingest_fuzz.py (docs/faults.md); the contract itself now bounds sequence numbers
+  and config versions and refuses NaN, Infinity and lone surrogates.
 - Throughput: the MQTT connection is ``gateway.mqtt_in.MqttReceiver`` (bulk reads, one write
   per batch of acknowledgements); telemetry is validated straight from the JSON bytes. With
   ``ingest_workers`` > 0, telemetry is taken by that many worker processes on a shared
@@ -57,6 +57,7 @@ from cacao_dryer.contract import (
 )
 from cacao_dryer.errors import CacaoDryerError, PayloadError, TopicError
 from gateway.config import GatewaySettings
+from gateway.gc_pacing import collect_young
 from gateway.mqtt_in import MqttReceiver, Received
 from gateway.spool import Spool
 from gateway.timeseries import (
@@ -80,13 +81,8 @@ INVALID_LOG_INTERVAL_S = 60.0
 RETRY_MIN_S, RETRY_MAX_S = 0.5, 30.0
 SPOOL_RETRY_S = 5.0  # how often an idle gateway tries to write its spool out
 ALL_CHANNELS = (Channel.TELEMETRY, Channel.STATUS, Channel.EVENT)
-# What every store can keep: seq is a 64-bit integer in SQLite and InfluxDB, but the stores
-# compute with it (seq + 1, sums per day) and the dashboard reads it in JavaScript, exact only
-# up to 2**53 - 1 (a node numbering one reading a second would need 285 million years).
 # InfluxDB's timestamps (measured_at in ns) span 1677-09-21 to 2262-04-11 (whole days inside).
-MAX_STORABLE_SEQ = 2**53 - 1
-# Events are kept in the metadata database, whose node_events.seq is a 32-bit INTEGER.
-MAX_STORABLE_EVENT_SEQ = 2**31 - 1
+# (Sequence numbers and config versions are bounded by the contract: MAX_SEQ, 2**53 - 1.)
 STORABLE_FROM = datetime(1677, 9, 22, tzinfo=UTC)
 STORABLE_UNTIL = datetime(2262, 4, 11, tzinfo=UTC)
 
@@ -97,6 +93,7 @@ class IngestStats:
     stored: int = 0          # new readings written to the store (directly or from the spool)
     duplicates: int = 0      # readings the store already had (node replays, redeliveries)
     spooled: int = 0         # readings written to the spool while the store was down
+    spool_waiting: int = 0   # readings in the spool now, waiting for the store (all processes)
     invalid: Counter[str] = field(default_factory=Counter)  # reason → count
     store_errors: int = 0
 
@@ -157,30 +154,17 @@ def storable_reading(topic_name: str, message: Telemetry) -> StoredReading:
     the contract accepts but no store can keep. Without this check such a reading would be
     refused by the store at every retry (or spooled for ever), holding up every reading
     behind it — one bad message would stop a site's ingest."""
-    if message.seq > MAX_STORABLE_SEQ:
-        raise PayloadError(f"{topic_name}: seq {message.seq} cannot be stored (more than "
-                           f"{MAX_STORABLE_SEQ})")
     if not STORABLE_FROM <= message.measured_at < STORABLE_UNTIL:
         raise PayloadError(f"{topic_name}: measured_at {message.measured_at.isoformat()} "
                            f"cannot be stored (years 1677-2262 only)")
-    try:
-        reading = StoredReading.from_telemetry(message)
-    except OverflowError:  # an integer too big for a float (config_version)
-        raise PayloadError(f"{topic_name}: config_version {message.config_version} cannot "
-                           f"be stored (too big)") from None
-    if not all(math.isfinite(value) for value in reading.fields.values()):
-        raise PayloadError(f"{topic_name}: a field cannot be stored (not a finite number)")
-    return reading
+    return StoredReading.from_telemetry(message)
 
 
 def storable_record(topic_name: str, message: NodeStatus | NodeEvent) -> None:
     """PayloadError ("cannot be stored") for a status or event the contract accepts but the
-    metadata database refuses: a NUL character (PostgreSQL text), NaN or Infinity (PostgreSQL
-    JSON), an event seq beyond ``MAX_STORABLE_EVENT_SEQ``. The node registry would otherwise
-    fail on it at every retry and hold up the whole ingest."""
-    if isinstance(message, NodeEvent) and message.seq > MAX_STORABLE_EVENT_SEQ:
-        raise PayloadError(f"{topic_name}: seq {message.seq} cannot be stored (more than "
-                           f"{MAX_STORABLE_EVENT_SEQ})")
+    metadata database refuses: a NUL character (PostgreSQL text), NaN or Infinity in an
+    event's free-form ``data`` (PostgreSQL JSON). The node registry would otherwise fail on
+    it at every retry and hold up the whole ingest."""
     problem = _unstorable_json(message.model_dump(exclude_none=True))
     if problem is not None:
         raise PayloadError(f"{topic_name}: {problem} cannot be stored")
@@ -242,6 +226,8 @@ class Ingest:
         self._shared_group = shared_group if shared_group is not None \
             else settings.mqtt.shared_group
         self._spool = Spool(spool_path or settings.data_dir / "spool.jsonl")
+        self._worker_spools: dict[int, int] = {}  # worker → readings in its spool
+        self.stats.spool_waiting = len(self._spool)
         self._inbox: queue.Queue[list[Received]] = queue.Queue()
         self._carry: list[Received] = []
         self._stop = threading.Event()
@@ -336,6 +322,8 @@ class Ingest:
                     self._persist([])  # quiet site: bring the spool home when the store is back
                 continue
             self._process_until_durable(*item)
+            del item
+            collect_young()  # the batch's garbage, when the process paces its GC
 
     def _next_batch(self) -> list[Received]:
         """Messages as they came, up to ``batch_max_readings``, waiting at most
@@ -449,6 +437,8 @@ class Ingest:
                 self._spool.append(readings)
                 self.stats.spooled += len(readings)
             return
+        finally:
+            self._count_spool_waiting()
         self.stats.stored += new
         self.stats.duplicates += len(readings) - new
 
@@ -473,6 +463,9 @@ class Ingest:
         stats.stored += batch.stored
         stats.duplicates += batch.duplicates
         stats.spooled += batch.spooled
+        if batch.spool_waiting is not None:
+            self._worker_spools[batch.worker] = batch.spool_waiting
+            self._count_spool_waiting()
         stats.store_errors += batch.store_errors
         stats.invalid.update(batch.invalid)
         if self.listener is not None and batch.readings:
@@ -480,10 +473,15 @@ class Ingest:
                 self.listener.batch_received(batch.readings, (), ())
 
 
+    def _count_spool_waiting(self) -> None:
+        self.stats.spool_waiting = len(self._spool) + sum(self._worker_spools.values())
+
+
 def _reason_kind(reason: str) -> str:
     """A short, bounded label for counting invalid messages by kind."""
-    for kind in ("not valid JSON", "exceeds", "schema_version", "payload names", "topic",
-                 "nested too deeply", "expected a JSON object", "cannot be stored"):
+    for kind in ("not valid JSON", "not valid UTF-8", "lone UTF-16 surrogate", "exceeds",
+                 "schema_version", "payload names", "topic", "nested too deeply",
+                 "expected a JSON object", "cannot be stored"):
         if kind in reason:
             return kind
     return "invalid field"

@@ -22,11 +22,9 @@ the answer before acknowledging: the listener sees every node's latest state wit
 "recorded before acknowledged" guarantee, for the price of one pipe round trip per batch of
 thousands of readings. The counters keep the gateway's ``IngestStats`` (``/metrics``) whole.
 
-A worker runs with Python's automatic garbage collector off: its batches of thousands of
-young objects kept triggering collections that found nothing, ~25 % of a reading's CPU time.
-Instead it freezes what start-up made (``gc.freeze``), collects the young generation after
-every durable batch (the one cycle a batch leaves is httpx's request, holding its ~1 MB body)
-and everything every ``GC_EVERY_S``.
+A worker paces its garbage collection like the main process (``gateway.gc_pacing``):
+automatic collection off, the young generation after every durable batch, everything every
+few seconds.
 
 Lifecycle: workers ignore SIGINT/SIGTERM (systemd and Ctrl-C signal the whole group; the main
 process decides) and stop when told (``stop`` on their stdin), finishing and acknowledging
@@ -40,7 +38,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import gc
 import logging
 import multiprocessing.connection
 import os
@@ -59,6 +56,7 @@ from typing import IO, Any
 
 from cacao_dryer.contract import Channel, NodeEvent, NodeStatus
 from gateway.config import GatewaySettings
+from gateway.gc_pacing import GarbagePacer
 from gateway.timeseries import StoredReading
 
 log = logging.getLogger("cacao_dryer.gateway")
@@ -67,7 +65,6 @@ PARENT_CHECK_S = 0.5     # how often a worker checks that the main process still
 STATS_PUSH_S = 1.0       # counters of batches the listener never saw (invalid only) go up
 ANSWER_TIMEOUT_S = 120.0  # a worker waits this long for the main process's listener
 RESTART_MIN_S, RESTART_MAX_S = 1.0, 30.0
-GC_EVERY_S = 5.0         # a worker's full garbage collection (automatic GC is off)
 
 
 @dataclass(frozen=True)
@@ -82,6 +79,7 @@ class WorkerBatch:
     spooled: int = 0
     store_errors: int = 0
     invalid: dict[str, int] = field(default_factory=dict)
+    spool_waiting: int | None = None  # readings in the worker's spool now, when it changed
     needs_answer: bool = True
     connected: bool | None = None  # the worker's MQTT state, when it changed
 
@@ -240,7 +238,9 @@ class MainProcessLink:
         self.index = index
         self._connection = connection
         self._lock = threading.Lock()
-        self._reported: dict[str, Any] = {}
+        # counters as last reported; the spool depth as unknown, so the first report says it
+        # (a restarted worker may find its predecessor's spool, or none)
+        self._reported: dict[str, Any] = {"spool_waiting": -1}
         self._connected = False  # as last reported
         self.stats: Any = None  # the worker's IngestStats, set once the ingest exists
 
@@ -249,11 +249,6 @@ class MainProcessLink:
         from gateway.ingest import newest_per_node
 
         self._report(newest_per_node(readings), needs_answer=True)
-        # The batch is durable: whatever it left in reference cycles (httpx keeps each
-        # request, with its 1 MB body, in one) is garbage now. A young-generation pass finds
-        # it at once instead of at the next full collection GC_EVERY_S later (~20 MB at
-        # 20,000 readings/s); it is cheap, as the objects still alive are few.
-        gc.collect(0)
 
     def push_counters(self, connected: bool) -> None:
         """Counters that changed without a listener call (batches of invalid messages only),
@@ -267,7 +262,8 @@ class MainProcessLink:
         stats = self.stats
         return stats is not None and (
             stats.received != self._reported.get("received", 0)
-            or stats.store_errors != self._reported.get("store_errors", 0))
+            or stats.store_errors != self._reported.get("store_errors", 0)
+            or stats.spool_waiting != self._reported.get("spool_waiting", 0))
 
     def _report(self, readings: list[StoredReading], *, needs_answer: bool,
                 connected: bool | None = None) -> None:
@@ -291,12 +287,15 @@ class MainProcessLink:
         stats, before = self.stats, self._reported
         now = {"received": stats.received, "stored": stats.stored,
                "duplicates": stats.duplicates, "spooled": stats.spooled,
-               "store_errors": stats.store_errors, "invalid": Counter(stats.invalid)}
+               "store_errors": stats.store_errors, "invalid": Counter(stats.invalid),
+               "spool_waiting": stats.spool_waiting}
         invalid = now["invalid"] - before.get("invalid", Counter())
+        waiting = stats.spool_waiting
         self._reported = now
         return WorkerBatch(
             worker=self.index, readings=readings, needs_answer=needs_answer,
             connected=connected, invalid=dict(invalid),
+            spool_waiting=waiting if waiting != before.get("spool_waiting", 0) else None,
             **{key: now[key] - before.get(key, 0) for key in
                ("received", "stored", "duplicates", "spooled", "store_errors")})
 
@@ -337,14 +336,8 @@ def worker_main(settings_data: dict[str, Any], index: int, connection: Connectio
                     shared_group=share_name(settings),
                     spool_path=settings.data_dir / f"spool-w{index + 1}.jsonl")
     link.stats = ingest.stats
-    # The automatic garbage collector costs ~25 % of a reading's CPU here (a batch of
-    # thousands of young pydantic objects keeps triggering collections that find nothing).
-    # A worker does nothing else, so it collects the young generation after each batch
-    # (MainProcessLink) and everything on a clock; start-up's objects are frozen, never
-    # looked at again.
-    gc.disable()
-    gc.freeze()
-    last_collect = time.monotonic()
+    pacer = GarbagePacer()  # automatic GC off: young after each batch, all every few s
+    pacer.start()
     ingest.start()
     try:
         while True:
@@ -355,9 +348,7 @@ def worker_main(settings_data: dict[str, Any], index: int, connection: Connectio
                 log.error("the gateway's main process is gone: stopping without "
                           "acknowledging more")
                 break
-            if time.monotonic() - last_collect >= GC_EVERY_S:
-                gc.collect()
-                last_collect = time.monotonic()
+            pacer.tick()
             if os.getppid() != parent:
                 log.error("the gateway's main process is gone: stopping without "
                           "acknowledging more")

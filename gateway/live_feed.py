@@ -78,6 +78,11 @@ class LiveFeed:
     def subscribed(self) -> bool:
         return self._subscribed.is_set()
 
+    @property
+    def connected(self) -> bool:
+        """Connected and subscribed (what ``/api/health`` reports)."""
+        return self._subscribed.is_set()
+
     def wait_subscribed(self, timeout: float) -> bool:
         return self._subscribed.wait(timeout)
 

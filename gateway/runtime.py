@@ -119,7 +119,8 @@ class GatewayRuntime:
         context = GatewayContext(settings=settings, store=store, metadata=metadata,
                                  publisher=self._publisher, clock=self.clock,
                                  ingest_stats=self.ingest.stats, started_at=self.clock.now(),
-                                 live=self.live, session_clock=self.session_clock)
+                                 live=self.live, session_clock=self.session_clock,
+                                 broker=self.ingest)
         self.context = context
         self._add_jobs(context)
         self.ingest.start()
@@ -145,7 +146,8 @@ class GatewayRuntime:
         context = GatewayContext(settings=settings, store=store, metadata=metadata,
                                  publisher=self._publisher, clock=self.clock,
                                  ingest_stats=IngestStats(), started_at=self.clock.now(),
-                                 live=self.live, session_clock=self.session_clock)
+                                 live=self.live, session_clock=self.session_clock,
+                                 broker=self.live_feed)
         self.context = context
         self._start_api(context)
         return context

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import signal
 import threading
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from cacao_dryer.errors import ConfigError
 from firmware.watchdog import SystemdNotifier
 from gateway.config import GatewaySettings, InfluxDB1Storage, InfluxDB2Storage, SqliteStorage
+from gateway.gc_pacing import GarbagePacer
 from gateway.timeseries import TimeSeriesStore
 
 if TYPE_CHECKING:
@@ -75,16 +75,17 @@ def _run_until_stopped(runtime: GatewayRuntime, message: str, *args: object) -> 
     # systemd (Type=notify, WatchdogSec): ready once started, then a ping while every part
     # runs; a dead part stops the pings and systemd restarts the service. No-op elsewhere.
     notifier = SystemdNotifier()
+    pacer = GarbagePacer()
     try:
         runtime.start()
-        # What start-up made (modules, the app, its routes and schemas) lives until the
-        # process ends: frozen, out of the garbage collector's sight, so full collections no
-        # longer walk it (docs/scaling.md, "Memory").
-        gc.freeze()
+        # What start-up made is frozen and garbage is collected on the gateway's rhythm, not
+        # every few hundred allocations (gateway/gc_pacing.py; docs/scaling.md, "Memory").
+        pacer.start()
         log.info(message, *args)
         notifier.notify("READY=1")
         said = False
         while not stop.wait(1.0):
+            pacer.tick()
             if runtime.alive():
                 notifier.ping()
             elif not said:
@@ -92,4 +93,5 @@ def _run_until_stopped(runtime: GatewayRuntime, message: str, *args: object) -> 
                 log.error("a part of the gateway stopped running: no more watchdog pings")
     finally:
         notifier.notify("STOPPING=1")
+        pacer.stop()
         runtime.stop()

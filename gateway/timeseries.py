@@ -46,11 +46,13 @@ class StoredReading:
 
     @classmethod
     def from_telemetry(cls, message: Telemetry) -> StoredReading:
-        readings = message.readings.model_dump(exclude_none=True)
-        fields = {key: float(value) for key, value in readings.items()}
-        fields |= {"fan_speed_pct": message.fan_speed_pct,
-                   "vent_open_pct": message.vent_open_pct,
-                   "config_version": float(message.config_version)}
+        # The models' attributes straight from their __dict__ (pydantic keeps them there):
+        # model_dump() was a third of the gateway's CPU per reading.
+        fields = {key: float(value) for key, value in message.readings.__dict__.items()
+                  if value is not None}
+        fields["fan_speed_pct"] = message.fan_speed_pct
+        fields["vent_open_pct"] = message.vent_open_pct
+        fields["config_version"] = float(message.config_version)
         return cls(site_id=message.site_id, node_id=message.node_id, seq=message.seq,
                    measured_at=message.measured_at, fields=fields, raining=message.raining,
                    mode=message.mode.value, alarms=tuple(a.value for a in message.alarms),
@@ -87,6 +89,11 @@ class TimeSeriesStore(Protocol):
     def series(self, site_id: str, node_id: str, start: datetime, end: datetime,
                fields: Sequence[str], every_s: float | None = None) -> list[SeriesPoint]:
         """Points in [start, end); with ``every_s`` averaged into buckets of that width."""
+        ...
+
+    def ping(self, timeout_s: float = 2.0) -> None:
+        """Check the store answers (``/api/health``); raises StoreUnavailable if not, within
+        about ``timeout_s``."""
         ...
 
     def close(self) -> None: ...

@@ -1,10 +1,13 @@
 """The message contract: topics, payload validation, one-line errors."""
 
+import json
 from datetime import UTC, datetime
 
 import pytest
 
 from cacao_dryer.contract import (
+    MAX_CONFIG_VERSION,
+    MAX_SEQ,
     Channel,
     Command,
     NodeConfig,
@@ -58,12 +61,44 @@ def test_telemetry_round_trips_and_leaves_out_missing_readings():
     (b"{nope", "not valid JSON"),
     (b"[1, 2]", "expected a JSON object, got list"),
     (b'{"schema_version": 99}', "schema_version 99 is not supported"),
-    (b"\xff\xfe", "not valid JSON"),
+    (b"\xff\xfe", "not valid UTF-8"),
+    (b"{\"a\": \"\\ud800\"}", "lone UTF-16 surrogate"),
+    (b"{\"a\": \"\xed\xa0\x80\"}", "not valid UTF-8"),
 ])
 def test_malformed_payloads_get_one_line_reasons(payload, reason):
     with pytest.raises(PayloadError, match=reason) as error:
         decode(Channel.TELEMETRY, payload)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(("channel", "payload", "reason"), [
+    (Channel.TELEMETRY, {"seq": MAX_SEQ + 1}, "seq: Input should be less than or equal"),
+    (Channel.TELEMETRY, {"config_version": MAX_CONFIG_VERSION + 1}, "config_version: "),
+    (Channel.EVENT, {"seq": MAX_SEQ + 1}, "seq: Input should be less than or equal"),
+    (Channel.STATUS, {"last_seq": MAX_SEQ + 1}, "last_seq: "),
+    (Channel.STATUS, {"uptime_s": "Infinity"}, "uptime_s: Input should be a finite number"),
+])
+def test_numbers_no_store_or_reader_keeps_exactly_are_refused(channel, payload, reason):
+    """Bounds every store and the dashboard's JavaScript hold exactly; no NaN or Infinity."""
+    base = {"schema_version": 1, "site_id": "norandino", "node_id": "secador-01"}
+    base |= {Channel.TELEMETRY: json.loads(encode(telemetry())),
+             Channel.EVENT: {"seq": 1, "occurred_at": NOW.isoformat(), "type": "boot",
+                             "message": "arranque"},
+             Channel.STATUS: {"state": "online"}}[channel]
+    decode(channel, json.dumps(base).encode())  # valid as it is
+    raw = json.dumps(base | payload).replace('"Infinity"', "Infinity").encode()
+    with pytest.raises(PayloadError, match=reason):
+        decode(channel, raw)
+    at_the_bound = {key: MAX_SEQ if "seq" in key else MAX_CONFIG_VERSION
+                    for key, value in payload.items() if isinstance(value, int)}
+    if at_the_bound:
+        decode(channel, json.dumps(base | at_the_bound).encode())
+
+
+def test_a_surrogate_pair_escaped_in_json_is_fine_text():
+    raw = encode(telemetry()).replace(b'"sensor_faults":{}', b'"sensor_faults":{"dht":'
+                                      b'"\\ud83c\\udf6b roto"}')
+    assert decode(Channel.TELEMETRY, raw).sensor_faults == {"dht": "\U0001f36b roto"}
 
 
 def test_out_of_range_reading_names_the_field_and_value():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import paho.mqtt.client as mqtt
@@ -12,6 +13,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from support import wait_for
 from support.auth import PASSWORD, QUICK_HASHING, add_user
+from support.influxd import InfluxDaemon
 from support.mosquitto import MosquittoBroker, free_port
 
 from cacao_dryer.contract import Channel, Mode, NodeState, NodeStatus, Telemetry, encode, topic
@@ -221,3 +223,69 @@ def test_gateway_run_tells_systemd_it_is_ready_and_alive(tmp_path: Path,
         if process.poll() is None:
             process.kill()
         listener.close()
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_health_reports_a_lost_broker_and_a_store_that_is_down_while_they_are_out(
+        tmp_path: Path, mosquitto: MosquittoBroker, influxd: InfluxDaemon, workers: int
+) -> None:
+    """What a monitoring probe sees: degraded with the reason while InfluxDB is stopped
+    (readings wait in the spool) and while the broker is gone; ok again once they are back."""
+    port = free_port()
+    settings = parse_gateway_config({
+        "data_dir": str(tmp_path), "sites": [SITE], "ingest_workers": workers,
+        "mqtt": {"broker": f"mqtt://127.0.0.1:{mosquitto.port}", "client_id": "gw-health"},
+        "metadata": {"url": f"sqlite:///{tmp_path / 'metadata.sqlite3'}"},
+        "storage": {"kind": "influxdb1", "url": influxd.url, "database": "cacao"},
+        "api": {"port": port, **QUICK_HASHING}})
+    runtime = GatewayRuntime(settings)
+    runtime.start()
+    node = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="node", protocol=mqtt.MQTTv5)
+    node.connect("127.0.0.1", mosquitto.port)
+    node.loop_start()
+    api = httpx.Client(base_url=f"http://127.0.0.1:{port}")
+
+    def health() -> dict[str, Any]:
+        body: dict[str, Any] = api.get("/api/health").json()
+        return body
+
+    def reading(seq: int) -> None:
+        node.publish(topic(SITE, NODE, Channel.TELEMETRY), encode(Telemetry(
+            site_id=SITE, node_id=NODE, seq=seq, measured_at=datetime.now(UTC),
+            readings={"air_temp_c": 47.5}, fan_speed_pct=0, vent_open_pct=100,
+            mode=Mode.AUTO, config_version=0)), qos=1).wait_for_publish(5)
+    try:
+        wait_for(lambda: health()["status"] == "ok", 20, "health ok once connected")
+        assert health()["mqtt_broker"] == "connected"
+        assert health()["readings_store"] == "ok"
+
+        influxd.stop()
+        body = health()
+        assert body["status"] == "degraded" and body["readings_store"] == "unavailable"
+        assert any(problem.startswith("readings store: ") for problem in body["problems"])
+        reading(1)
+        wait_for(lambda: health()["readings_waiting_in_spool"] == 1, 20, "the reading spooled")
+        assert any("1 readings waiting in the local spool" in problem
+                   for problem in health()["problems"])
+        assert "cacao_gateway_spool_waiting 1.0" in api.get("/metrics").text
+
+        influxd.start()
+        wait_for(lambda: health()["status"] == "ok", 30, "health ok with the store back")
+        body = health()
+        assert body["readings_waiting_in_spool"] == 0 and body["readings_stored"] == 1
+
+        mosquitto.stop()
+        wait_for(lambda: health()["mqtt_broker"] == "disconnected", 20, "broker loss seen")
+        body = health()
+        assert body["status"] == "degraded"
+        assert any(problem.startswith("MQTT broker: not connected") for problem in
+                   body["problems"])
+        assert "cacao_gateway_broker_connected 0.0" in api.get("/metrics").text
+        mosquitto.start()
+        wait_for(lambda: health()["status"] == "ok", 60, "health ok with the broker back")
+        assert "cacao_gateway_broker_connected 1.0" in api.get("/metrics").text
+    finally:
+        api.close()
+        node.loop_stop()
+        node.disconnect()
+        runtime.stop()

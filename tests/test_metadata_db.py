@@ -7,12 +7,12 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, select
+from sqlalchemy import delete, inspect, select, update
 from sqlalchemy.exc import IntegrityError
 
 from cacao_dryer.errors import ConfigError
 from gateway.metadata.database import open_metadata
-from gateway.metadata.models import AlertRecord, Base, Batch, Node, Site
+from gateway.metadata.models import AlertRecord, Base, Batch, Node, NodeEventRecord, Site
 from gateway.timeseries import StoreUnavailable
 
 T0 = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
@@ -133,7 +133,7 @@ def test_migration_0005_adds_the_clock_offset_to_a_0004_database(metadata_url: s
     engine.dispose()
     database = open_metadata(metadata_url)
     try:
-        assert database.revision() == "0005"
+        assert database.revision() >= "0005"
         with database.session() as session:
             node = session.get(Node, ("demo", "secador-01"))
             assert node is not None and (node.firmware_version, node.last_event_seq) == \
@@ -154,6 +154,54 @@ def test_migration_0005_adds_the_clock_offset_to_a_0004_database(metadata_url: s
         assert connection.exec_driver_sql("SELECT count(*) FROM batches").scalar() == 1
         columns = {column["name"] for column in inspect(connection).get_columns("nodes")}
         assert "clock_offset_s" not in columns and "clock_offset_at" not in columns
+    engine.dispose()
+
+
+def test_migration_0006_lets_event_numbers_pass_32_bits(metadata_url: str) -> None:
+    """An installed gateway upgrades: its events stay, and a node's events numbered above
+    2**31 (an outbox recreated after 2038) up to the contract's MAX_SEQ are kept; back to
+    0005 while the numbers still fit."""
+    from alembic import command as alembic
+
+    from cacao_dryer.contract import MAX_SEQ
+    from gateway.metadata.database import _alembic_config, create_metadata_engine
+
+    engine = create_metadata_engine(metadata_url)
+    alembic.upgrade(_alembic_config(engine), "0005")
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO sites (site_id, name, timezone, created_at) "
+            "VALUES ('demo', 'Demo', 'America/Lima', '2026-03-01 12:00:00')")
+        connection.exec_driver_sql(
+            "INSERT INTO nodes (site_id, node_id, first_seen_at, last_seen_at, state, "
+            "last_event_seq) VALUES ('demo', 'secador-01', '2026-03-01 12:00:00', "
+            "'2026-03-01 12:00:00', 'online', 7)")
+        connection.exec_driver_sql(
+            "INSERT INTO node_events (site_id, node_id, seq, occurred_at, type, message, data, "
+            "received_at) VALUES ('demo', 'secador-01', 7, '2026-03-01 12:00:00', 'boot', "
+            "'arranque', '{}', '2026-03-01 12:00:00')")
+    engine.dispose()
+    database = open_metadata(metadata_url)
+    try:
+        assert database.revision() == "0006"
+        with database.session() as session:
+            session.add(NodeEventRecord(site_id="demo", node_id="secador-01", seq=MAX_SEQ,
+                                        occurred_at=T0, type="boot", message="arranque",
+                                        data={}, received_at=T0))
+            node = session.get(Node, ("demo", "secador-01"))
+            assert node is not None and node.last_event_seq == 7
+            node.last_event_seq = MAX_SEQ
+        with database.session() as session:
+            assert sorted(session.scalars(select(NodeEventRecord.seq))) == [7, MAX_SEQ]
+            assert session.scalar(select(Node.last_event_seq)) == MAX_SEQ
+            session.execute(delete(NodeEventRecord).where(NodeEventRecord.seq == MAX_SEQ))
+            session.execute(update(Node).values(last_event_seq=7))
+    finally:
+        database.close()
+    engine = create_metadata_engine(metadata_url)
+    alembic.downgrade(_alembic_config(engine), "0005")
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT seq FROM node_events").scalar() == 7
     engine.dispose()
 
 

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -30,6 +31,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
 ID_LENGTH = 40          # contract Identifier: ^[a-z0-9][a-z0-9-]{0,39}$
+# A node's event numbers go up to the contract's MAX_SEQ (2**53 - 1): BIGINT on PostgreSQL
+# (a node outbox recreated after 2038 numbers above 2**31); SQLite's INTEGER is 64-bit already.
+EventSeq = BigInteger().with_variant(Integer(), "sqlite")
 BATCH_ID_LENGTH = 64
 
 
@@ -95,7 +99,7 @@ class Node(Base):
     firmware_version: Mapped[str | None] = mapped_column(String(40))
     applied_config_version: Mapped[int | None]
     applied_config_at: Mapped[datetime | None]
-    last_event_seq: Mapped[int] = mapped_column(Integer, default=0)
+    last_event_seq: Mapped[int] = mapped_column(EventSeq, default=0)
     # How far the node's clock is off (gateway receive time − the status's sent_at, seconds;
     # positive: the node is behind) and when the gateway measured it (latest status).
     clock_offset_s: Mapped[float | None] = mapped_column(Float)
@@ -112,7 +116,7 @@ class NodeEventRecord(Base):
     )
     site_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
     node_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(EventSeq, primary_key=True, autoincrement=False)
     occurred_at: Mapped[datetime]
     type: Mapped[str] = mapped_column(String(40))
     message: Mapped[str] = mapped_column(String(500))

@@ -189,6 +189,7 @@ class InfluxStore:
     _AUTH_HINT: str                  # what to check when InfluxDB answers 401/403
     _RETENTION: str                  # what dropped points were older than, for the log
     _TRANSIENT_QUERY_ERRORS: tuple[str, ...]  # words of query errors worth retrying
+    _PING_PATH: str                  # answers 2xx while the server runs (no login needed)
     _TIME_COLUMN: str                # a query row's point time [ns] ...
     _SEQ_COLUMN: str                 # ... and seq, in rows of ``_seq_statement``
     _MAYBE_STORED: tuple[type[Exception], ...] = (StoreUnavailable,)  # write errors after
@@ -247,6 +248,13 @@ class InfluxStore:
         start_ns, end_ns = time_ns(start, "start"), time_ns(end, "end")
         self._check_open()
         return self._series(site_id, node_id, start_ns, end_ns, names, bucket)
+
+    def ping(self, timeout_s: float = 2.0) -> None:
+        self._check_open()
+        with self._http_errors("ping", "reach InfluxDB", timeout_s):
+            response = self._client.get(self._PING_PATH, timeout=timeout_s)
+        if not response.is_success:
+            raise StoreUnavailable(f"{self._where}: ping answered {response.status_code}")
 
     def close(self) -> None:
         """Close the HTTP connections (idempotent); later calls raise ``StoreUnavailable``."""
@@ -374,13 +382,14 @@ class InfluxStore:
         return results
 
     @contextmanager
-    def _http_errors(self, what: str, verb: str) -> Iterator[None]:
+    def _http_errors(self, what: str, verb: str,
+                     timeout_s: float | None = None) -> Iterator[None]:
         """Timeouts and connection errors inside as ``StoreUnavailable``."""
         try:
             yield
         except httpx.TimeoutException:
             raise StoreUnavailable(f"{self._where}: {what} timed out after "
-                                   f"{self.timeout_s:g} s") from None
+                                   f"{timeout_s or self.timeout_s:g} s") from None
         except httpx.HTTPError as exc:
             raise StoreUnavailable(f"{self._where}: cannot {verb} ({type(exc).__name__}: "
                                    f"{exc})") from None

@@ -107,6 +107,7 @@ class InfluxDB1Store(InfluxStore):
     _AUTH_HINT = "check the username, password and the user's privileges"
     _RETENTION = "the retention period"
     _TRANSIENT_QUERY_ERRORS = ("timeout", "limit exceeded", "interrupted", "killed")
+    _PING_PATH = "/ping"  # 204 while influxd runs
     _TIME_COLUMN = "time"
     _SEQ_COLUMN = SEQ_FIELD
     _MAYBE_STORED = (StoreUnavailable, _DatabaseMissing)

@@ -97,6 +97,7 @@ class InfluxDB2Store(InfluxStore):
     _AUTH_HINT = "check the token and its read/write permission on the bucket"
     _RETENTION = "the bucket's retention"
     _TRANSIENT_QUERY_ERRORS = ("timeout", "limit exceeded", "interrupted", "killed", "canceled")
+    _PING_PATH = "/health"  # 200 {"status": "pass"}
     _TIME_COLUMN = "_time"
     _SEQ_COLUMN = "_value"
 

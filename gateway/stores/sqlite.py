@@ -266,6 +266,11 @@ class SqliteStore:
                 points.append(SeriesPoint(at=from_epoch_us(at_us), values=present))
         return points
 
+    def ping(self, timeout_s: float = 2.0) -> None:
+        """Reads the schema page (the file is there and readable); ``timeout_s`` is not
+        needed: a reader never waits for the writer in WAL mode."""
+        self._read("SELECT count(*) FROM sqlite_master", ())
+
     def close(self) -> None:
         """Close every connection (idempotent). A write in progress finishes first; later
         calls raise ``StoreUnavailable``."""

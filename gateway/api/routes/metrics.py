@@ -45,6 +45,13 @@ class GatewayCollector(Collector):
         for reason, count in sorted(stats.invalid.items()):
             invalid.add_metric([reason], count)
         yield invalid
+        yield GaugeMetricFamily("cacao_gateway_spool_waiting", "Readings in the local spool "
+                                "now, waiting for the time-series store",
+                                value=stats.spool_waiting)
+        if self.context.broker is not None:
+            yield GaugeMetricFamily("cacao_gateway_broker_connected", "1 while the gateway is "
+                                    "connected to its MQTT broker",
+                                    value=1.0 if self.context.broker.connected else 0.0)
         now = self.context.clock.now()
         nodes = GaugeMetricFamily("cacao_node_up", "1 if the node's last status was online",
                                   labels=["site", "node"])
