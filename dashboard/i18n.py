@@ -53,18 +53,22 @@ def dynamic_keys() -> set[str]:
             | set(UNIT_KEYS.values()))
 
 
-@cache
-def catalog(language: str) -> Mapping[str, str]:
-    """The texts of ``language`` (read once per process); ConfigError if a file is broken.
+def catalog(language: str, folder: Path = CATALOG_DIR) -> Mapping[str, str]:
+    """The texts of ``language`` from ``folder`` (the package's ``i18n`` folder unless said
+    otherwise), read once per process and folder; ConfigError if a file is broken.
 
-    ``i18n/<language>.json`` holds the shared texts; each page area may keep its own in
-    ``i18n/<area>/<language>.json`` (one file per area keeps edits apart). A key defined in
-    two files is an error, so no text silently wins over another.
+    ``<folder>/<language>.json`` holds the shared texts; each page area may keep its own in
+    ``<folder>/<area>/<language>.json`` (one file per area keeps edits apart). A key defined
+    in two files is an error, so no text silently wins over another.
     """
+    return _load_catalog(language, folder)  # one cache entry per folder, however it is named
+
+
+@cache
+def _load_catalog(language: str, folder: Path) -> Mapping[str, str]:
     if language not in LANGUAGES:
         raise ConfigError(f"dashboard language {language!r}: not one of {', '.join(LANGUAGES)}")
-    paths = [CATALOG_DIR / f"{language}.json",
-             *sorted(CATALOG_DIR.glob(f"*/{language}.json"))]
+    paths = [folder / f"{language}.json", *sorted(folder.glob(f"*/{language}.json"))]
     texts: dict[str, str] = {}
     origin: dict[str, Path] = {}
     for path in paths:
@@ -76,11 +80,11 @@ def catalog(language: str) -> Mapping[str, str]:
 
 
 @cache
-def shared_keys(language: str) -> frozenset[str]:
-    """The keys of the shared file ``i18n/<language>.json`` (the top bar, cards, states,
+def shared_keys(language: str, folder: Path = CATALOG_DIR) -> frozenset[str]:
+    """The keys of the shared file ``<folder>/<language>.json`` (the top bar, cards, states,
     units...: what every page's scripts may need)."""
-    catalog(language)  # checks the language and every file first
-    return frozenset(_read_catalog_file(CATALOG_DIR / f"{language}.json"))
+    catalog(language, folder)  # checks the language and every file first
+    return frozenset(_read_catalog_file(folder / f"{language}.json"))
 
 
 @cache

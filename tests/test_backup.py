@@ -13,6 +13,7 @@ import sys
 import tarfile
 import threading
 from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,20 @@ def dryers(mosquitto: MosquittoBroker) -> Iterator[Dryers]:
     publisher.close()
 
 
+@contextmanager
+def running_gateway(settings: GatewaySettings) -> Iterator[GatewayContext]:
+    """The gateway running on ``settings``, its ingest connected to the broker, until the
+    block ends."""
+    runtime = GatewayRuntime(settings)
+    context = runtime.start()
+    try:
+        wait_for(lambda: runtime.ingest is not None and runtime.ingest.connected, 10,
+                 "ingest connected")
+        yield context
+    finally:
+        runtime.stop()
+
+
 def stored(context: GatewayContext, node: str) -> int:
     return sum(last - first + 1 for first, last in context.store.seq_ranges(SITE, node))
 
@@ -159,12 +174,8 @@ def log_in(port: int, username: str, password: str = PASSWORD) -> httpx.Client:
 def test_backup_of_a_running_sqlite_gateway_restores_everything(
         tmp_path: Path, mosquitto: MosquittoBroker, dryers: Dryers) -> None:
     source = sqlite_settings(tmp_path / "gateway", mosquitto)
-    runtime = GatewayRuntime(source)
-    context = runtime.start()
     keep_publishing = threading.Event()
-    try:
-        wait_for(lambda: runtime.ingest is not None and runtime.ingest.connected, 10,
-                 "ingest connected")
+    with running_gateway(source) as context:
         batch_id = fill(context, dryers)
         # A third dryer publishes all through the backup: the archive holds a consistent
         # snapshot of its readings, whatever moment that is.
@@ -178,17 +189,16 @@ def test_backup_of_a_running_sqlite_gateway_restores_everything(
 
         publisher = threading.Thread(target=publish_late)
         publisher.start()
-        wait_for(lambda: stored(context, LATE) > 0, 10, "the late dryer's first readings")
-        archive = backup(source, tmp_path / "backups",
-                         config_file=ROOT / "gateway" / "examples" / "sqlite.toml")
-        wait_for(lambda: stored(context, LATE) > read_manifest(archive)["readings"]
-                 ["per_node"][f"{SITE}/{LATE}"], 10, "readings stored after the backup")
-        keep_publishing.set()
-        publisher.join()
-        late.close()
-    finally:
-        keep_publishing.set()
-        runtime.stop()
+        try:
+            wait_for(lambda: stored(context, LATE) > 0, 10, "the late dryer's first readings")
+            archive = backup(source, tmp_path / "backups",
+                             config_file=ROOT / "gateway" / "examples" / "sqlite.toml")
+            wait_for(lambda: stored(context, LATE) > read_manifest(archive)["readings"]
+                     ["per_node"][f"{SITE}/{LATE}"], 10, "readings stored after the backup")
+        finally:
+            keep_publishing.set()
+            publisher.join()
+            late.close()
 
     assert archive.name.startswith("cacao-gateway-backup-") and archive.suffixes[-2:] == \
         [".tar", ".gz"]
@@ -225,35 +235,23 @@ def test_backup_of_a_running_sqlite_gateway_restores_everything(
         (source.data_dir / "spool-w1.jsonl").read_bytes()
 
     # The restored gateway runs: the operator logs in and finds the batch.
-    restored_runtime = GatewayRuntime(target)
-    restored_runtime.start()
-    client = log_in(target.api.port, "olga")
-    try:
+    with running_gateway(target), closing(log_in(target.api.port, "olga")) as client:
         page = client.get("/api/batches").json()
         assert [item["batch_id"] for item in page["items"]] == [batch_id]
         response = client.get(f"/api/batches/{batch_id}/spot-checks")
         assert [check["moisture_pct_wb"] for check in response.json()] == [31.5]
-    finally:
-        client.close()
-        restored_runtime.stop()
 
 
 def test_restore_refuses_a_gateway_that_holds_data_unless_forced(
         tmp_path: Path, mosquitto: MosquittoBroker, dryers: Dryers) -> None:
     settings = sqlite_settings(tmp_path / "gateway", mosquitto)
-    runtime = GatewayRuntime(settings)
-    context = runtime.start()
-    try:
-        wait_for(lambda: runtime.ingest is not None and runtime.ingest.connected, 10,
-                 "ingest connected")
+    with running_gateway(settings) as context:
         fill(context, dryers)
         archive = backup(settings, tmp_path / "backups")
         # Later readings and a user the backup does not have.
         dryers.publish(NODES[0], range(401, 451))
         wait_for(lambda: stored(context, NODES[0]) == 450, 30, "later readings stored")
         add_user(context, "pedro", "technician")
-    finally:
-        runtime.stop()
 
     with pytest.raises(BackupError, match=r"restore needs an empty target: metadata database "
                                           r".*metadata.sqlite3 already holds data"):
@@ -269,15 +267,9 @@ def test_restore_refuses_a_gateway_that_holds_data_unless_forced(
 def test_a_damaged_or_foreign_archive_is_refused_with_one_line(
         tmp_path: Path, mosquitto: MosquittoBroker, dryers: Dryers) -> None:
     settings = sqlite_settings(tmp_path / "gateway", mosquitto)
-    runtime = GatewayRuntime(settings)
-    context = runtime.start()
-    try:
-        wait_for(lambda: runtime.ingest is not None and runtime.ingest.connected, 10,
-                 "ingest connected")
+    with running_gateway(settings) as context:
         fill(context, dryers)
         archive = backup(settings, tmp_path / "backups")
-    finally:
-        runtime.stop()
     # One byte changed in the readings, the manifest left as it was.
     unpacked = tmp_path / "unpacked"
     with tarfile.open(archive) as tar:
@@ -307,14 +299,8 @@ def test_command_line_backs_up_and_restores(tmp_path: Path, mosquitto: Mosquitto
     """``cacao-dryer gateway backup|restore`` as the backup timer runs it, with a
     config file as in the field, keeping the newest archives only."""
     settings = sqlite_settings(tmp_path / "gateway", mosquitto)
-    runtime = GatewayRuntime(settings)
-    context = runtime.start()
-    try:
-        wait_for(lambda: runtime.ingest is not None and runtime.ingest.connected, 10,
-                 "ingest connected")
+    with running_gateway(settings) as context:
         fill(context, dryers)
-    finally:
-        runtime.stop()
     config = tmp_path / "gateway.toml"
     config.write_text(f'data_dir = "{settings.data_dir}"\nsites = ["{SITE}"]\n'
                       '[storage]\nkind = "sqlite"\n')
@@ -362,16 +348,10 @@ def test_postgresql_metadata_and_influxdb_readings_restore_into_new_servers(
             "metadata": {"url": metadata}, "api": {"port": free_port(), **QUICK_HASHING}})
 
     source = settings_for(tmp_path / "gateway", postgres_server.create_database(), influxd)
-    runtime = GatewayRuntime(source)
-    context = runtime.start()
-    try:
-        wait_for(lambda: runtime.ingest is not None and runtime.ingest.connected, 10,
-                 "ingest connected")
+    with running_gateway(source) as context:
         batch_id = fill(context, dryers)
         archive = backup(source, tmp_path / "backups",
                          influx_rpc=f"127.0.0.1:{influxd.rpc_port}")
-    finally:
-        runtime.stop()
     manifest = read_manifest(archive)
     assert manifest["metadata"]["kind"] == "postgresql"
     assert manifest["versions"]["pg_dump"].startswith("pg_dump (PostgreSQL)")

@@ -3,60 +3,34 @@ languages, the dryer list and the preselected dryer, its own stylesheet and scri
 
 from __future__ import annotations
 
-import json
 import re
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
 from fastapi.testclient import TestClient
-from support.gateway_context import gateway_context
-from support.mosquitto import MosquittoBroker
+from support.pages import add_dryers, page_client, page_config, page_gateway
 
-from cacao_dryer.clock import ManualClock
 from dashboard.i18n import catalog
 from dashboard.web import all_nav, nav_for
 from gateway.api.app import create_app
 from gateway.api.deps import Actor, Role
 from gateway.context import GatewayContext
-from gateway.metadata.models import Node
-from gateway.registry import ensure_nodes
 
 SITE = "demo"
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory):
-    folder = tmp_path_factory.mktemp("calibration-page")
-    broker = MosquittoBroker(folder / "mosquitto")
-    broker.start()
-    clock = ManualClock(datetime(2026, 3, 1, 12, 0, tzinfo=UTC))
-    try:
-        with gateway_context(folder / "gateway", broker,
-                             f"sqlite:///{folder / 'metadata.sqlite3'}", clock) as context:
-            with context.metadata.session() as session:
-                ensure_nodes(session, {(SITE, "secador-01"), (SITE, "secador-02")},
-                             clock.now())
-                node = session.get(Node, (SITE, "secador-01"))
-                assert node is not None
-                node.name = "Secador norte"
-            yield context
-    finally:
-        broker.kill()
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayContext]:
+    with page_gateway(tmp_path_factory.mktemp("calibration-page"),
+                      datetime(2026, 3, 1, 12, 0, tzinfo=UTC)) as context:
+        add_dryers(context, ["secador-01", "secador-02"], names={"secador-01": "Secador norte"})
+        yield context
 
 
 def client(context: GatewayContext, role: Role = Role.TECHNICIAN,
            language: str = "es") -> TestClient:
-    test_client = TestClient(create_app(context, local_actor=Actor("tomas", role)),
-                             follow_redirects=False)
-    test_client.cookies.set("cacao_lang", language)
-    return test_client
-
-
-def page_config(html: str) -> dict:
-    found = re.search(r'<script type="application/json" id="page-config">(.*?)</script>',
-                      html, re.S)
-    assert found
-    return json.loads(found.group(1))
+    return page_client(context, Actor("tomas", role), language)
 
 
 @pytest.mark.parametrize("language", ["es", "en"])

@@ -8,28 +8,21 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import re
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs
 
 import pytest
-from fastapi.testclient import TestClient
-from support.gateway_context import gateway_context
-from support.mosquitto import MosquittoBroker
+from support.pages import add_dryers, page_client, page_config, page_gateway, visible_text
 
-from cacao_dryer.clock import ManualClock
 from cacao_dryer.contract import EventType, NodeEvent
 from dashboard.i18n import catalog
 from dashboard.pages.batches import NAV, _nice_step
 from dashboard.web import all_nav
-from gateway.api.app import create_app
 from gateway.api.deps import Actor, Role
 from gateway.context import GatewayContext
-from gateway.metadata.models import Node, Site
-from gateway.registry import NodeRegistry, ensure_nodes
+from gateway.registry import NodeRegistry
 from gateway.timeseries import StoredReading
 
 SITE, NORTH, SOUTH = "demo", "secador-01", "secador-02"
@@ -39,10 +32,6 @@ ADMIN = Actor("ana", Role.ADMIN)
 MANAGER = Actor("mara", Role.MANAGER)
 OPERATOR = Actor("olga", Role.OPERATOR)
 TECHNICIAN = Actor("tito", Role.TECHNICIAN)
-
-
-def client_for(context: GatewayContext, actor: Actor | None) -> TestClient:
-    return TestClient(create_app(context, local_actor=actor), follow_redirects=False)
 
 
 def readings(node: str, start: datetime, hours: float, every_s: int, first_seq: int,
@@ -64,61 +53,40 @@ def readings(node: str, start: datetime, hours: float, every_s: int, first_seq: 
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Two dryers and two batches: L-031 on the north dryer (28 h, ended, an hour of air
     above the 65 °C limit, a spot check) and L-032 on the south dryer (running)."""
-    folder = tmp_path_factory.mktemp("batch-pages")
-    broker = MosquittoBroker(folder / "mosquitto")
-    broker.start()
-    clock = ManualClock(NOW)
-    try:
-        with gateway_context(folder / "gateway", broker,
-                             f"sqlite:///{folder / 'metadata.sqlite3'}", clock) as context:
-            with context.metadata.session() as session:
-                ensure_nodes(session, {(SITE, NORTH), (SITE, SOUTH)}, T0)
-                node = session.get(Node, (SITE, NORTH))
-                assert node is not None
-                node.name = "Secador norte"
-                place = session.get(Site, SITE)
-                assert place is not None
-                place.name = "Cooperativa Alto Mayo"
-            context.store.write(readings(NORTH, T0 - timedelta(hours=1), 31, 60, 1,
-                                         hot=(10, 11)))
-            context.store.write(readings(SOUTH, T0 + timedelta(hours=2), 38, 60, 1))
-            NodeRegistry(context.metadata, clock).batch_received([], [], [
-                NodeEvent(site_id=SITE, node_id=NORTH, seq=1, occurred_at=T0 + timedelta(
-                    hours=10), type=EventType.ALARM_RAISED, message="air 67 °C",
-                    data={"alarm": "air_temp_limit"}),
-                NodeEvent(site_id=SITE, node_id=NORTH, seq=2, occurred_at=T0 + timedelta(
-                    hours=30), type=EventType.BOOT, message="after the batch", data={})])
-            admin = client_for(context, ADMIN)
-            north = admin.post("/api/batches", json={
-                "site_id": SITE, "node_id": NORTH, "lot_code": "L-031",
-                "producer": "Coop Alto Mayo", "initial_mass_kg": 400,
-                "initial_moisture_pct_wb": 55, "started_at": T0.isoformat(),
-                "notes": "fermentado 6 días"}).json()["batch_id"]
-            assert admin.post(f"/api/batches/{north}/spot-checks", json={
-                "moisture_pct_wb": 48.5, "measured_at": (T0 + timedelta(hours=6)).isoformat(),
-                "note": "muestra del centro"}).status_code == 201
-            assert admin.post(f"/api/batches/{north}/end", json={
-                "ended_at": (T0 + timedelta(hours=28)).isoformat(),
-                "final_moisture_pct_wb": 7.2, "final_mass_kg": 232}).status_code == 200
-            south = admin.post("/api/batches", json={
-                "site_id": SITE, "node_id": SOUTH, "lot_code": "L-032",
-                "producer": "Juan Pérez", "initial_moisture_pct_wb": 56,
-                "started_at": (T0 + timedelta(hours=2)).isoformat()}).json()["batch_id"]
-            yield {"context": context, "north": north, "south": south}  # type: ignore[dict-item]
-    finally:
-        broker.kill()
+    with page_gateway(tmp_path_factory.mktemp("batch-pages"), NOW) as context:
+        add_dryers(context, [NORTH, SOUTH], names={NORTH: "Secador norte"},
+                   site_name="Cooperativa Alto Mayo", first_seen=T0)
+        context.store.write(readings(NORTH, T0 - timedelta(hours=1), 31, 60, 1,
+                                     hot=(10, 11)))
+        context.store.write(readings(SOUTH, T0 + timedelta(hours=2), 38, 60, 1))
+        NodeRegistry(context.metadata, context.clock).batch_received([], [], [
+            NodeEvent(site_id=SITE, node_id=NORTH, seq=1, occurred_at=T0 + timedelta(
+                hours=10), type=EventType.ALARM_RAISED, message="air 67 °C",
+                data={"alarm": "air_temp_limit"}),
+            NodeEvent(site_id=SITE, node_id=NORTH, seq=2, occurred_at=T0 + timedelta(
+                hours=30), type=EventType.BOOT, message="after the batch", data={})])
+        admin = page_client(context, ADMIN)
+        north = admin.post("/api/batches", json={
+            "site_id": SITE, "node_id": NORTH, "lot_code": "L-031",
+            "producer": "Coop Alto Mayo", "initial_mass_kg": 400,
+            "initial_moisture_pct_wb": 55, "started_at": T0.isoformat(),
+            "notes": "fermentado 6 días"}).json()["batch_id"]
+        assert admin.post(f"/api/batches/{north}/spot-checks", json={
+            "moisture_pct_wb": 48.5, "measured_at": (T0 + timedelta(hours=6)).isoformat(),
+            "note": "muestra del centro"}).status_code == 201
+        assert admin.post(f"/api/batches/{north}/end", json={
+            "ended_at": (T0 + timedelta(hours=28)).isoformat(),
+            "final_moisture_pct_wb": 7.2, "final_mass_kg": 232}).status_code == 200
+        south = admin.post("/api/batches", json={
+            "site_id": SITE, "node_id": SOUTH, "lot_code": "L-032",
+            "producer": "Juan Pérez", "initial_moisture_pct_wb": 56,
+            "started_at": (T0 + timedelta(hours=2)).isoformat()}).json()["batch_id"]
+        yield {"context": context, "north": north, "south": south}  # type: ignore[dict-item]
 
 
 @pytest.fixture
 def context(site: dict) -> GatewayContext:
     return site["context"]
-
-
-def page_config(html: str) -> dict:
-    found = re.search(r'<script type="application/json" id="page-config">(.*?)</script>', html,
-                      re.S)
-    assert found, "page has no config"
-    return json.loads(found.group(1))
 
 
 def parse_csv(text: str) -> list[dict[str, str]]:
@@ -129,12 +97,12 @@ def parse_csv(text: str) -> list[dict[str, str]]:
 
 def test_the_batches_page_is_in_the_navigation_for_every_role(context: GatewayContext) -> None:
     assert NAV[0].path == "/batches" and NAV[0].order == 30 and NAV[0] in all_nav()
-    html = client_for(context, OPERATOR).get("/").text
+    html = page_client(context, OPERATOR).get("/").text
     assert f'<a href="/batches">{catalog("es")["nav.batches"]}</a>' in html
 
 
 def test_pages_without_a_login_go_to_the_login_page(site: dict) -> None:
-    client = client_for(site["context"], None)
+    client = page_client(site["context"], None)
     for path in ("/batches?state=running", f"/batches/{site['north']}",
                  f"/batches/compare?ids={site['north']},{site['south']}",
                  f"/batches/{site['north']}/report"):
@@ -145,7 +113,7 @@ def test_pages_without_a_login_go_to_the_login_page(site: dict) -> None:
 
 @pytest.mark.parametrize("actor", [OPERATOR, TECHNICIAN])
 def test_comparison_and_report_are_the_managers(site: dict, actor: Actor) -> None:
-    client = client_for(site["context"], actor)
+    client = page_client(site["context"], actor)
     for path in (f"/batches/compare?ids={site['north']},{site['south']}",
                  f"/batches/{site['north']}/report"):
         answer = client.get(path)
@@ -158,7 +126,7 @@ def test_comparison_and_report_are_the_managers(site: dict, actor: Actor) -> Non
 
 
 def test_operators_see_the_list_and_a_batch_but_no_exports(site: dict) -> None:
-    client = client_for(site["context"], OPERATOR)
+    client = page_client(site["context"], OPERATOR)
     listing = client.get("/batches")
     detail = client.get(f"/batches/{site['north']}")
     assert listing.status_code == detail.status_code == 200
@@ -172,8 +140,7 @@ def test_operators_see_the_list_and_a_batch_but_no_exports(site: dict) -> None:
 
 @pytest.mark.parametrize("language", ["es", "en"])
 def test_the_list_renders_its_filters_in_each_language(site: dict, language: str) -> None:
-    client = client_for(site["context"], MANAGER)
-    client.cookies.set("cacao_lang", language)
+    client = page_client(site["context"], MANAGER, language)
     answer = client.get("/batches")
     assert answer.status_code == 200
     texts = catalog(language)
@@ -195,7 +162,7 @@ def test_the_list_renders_its_filters_in_each_language(site: dict, language: str
 def test_the_filters_reach_the_api_as_its_own_parameters(site: dict) -> None:
     """What the form sends becomes /api/batches parameters (days in the site's zone, the
     "to" day included); the script and the CSV links use exactly that query."""
-    client = client_for(site["context"], MANAGER)
+    client = page_client(site["context"], MANAGER)
     answer = client.get("/batches", params={
         "dryer": "demo/secador-01", "start": "2026-03-01", "end": "2026-03-01",
         "producer": "alto", "lot": "L-0", "flag": "overheated", "state": "ended",
@@ -226,7 +193,7 @@ def test_the_filters_reach_the_api_as_its_own_parameters(site: dict) -> None:
     ({"state": "paused"}, "batches.error_state"),
 ])
 def test_bad_filters_are_one_line_on_the_page(site: dict, params: dict, key: str) -> None:
-    answer = client_for(site["context"], OPERATOR).get("/batches", params=params)
+    answer = page_client(site["context"], OPERATOR).get("/batches", params=params)
     assert answer.status_code == 422
     assert f'<p class="error" id="filter-error" role="alert">{catalog("es")[key]}</p>' \
         in answer.text
@@ -234,7 +201,7 @@ def test_bad_filters_are_one_line_on_the_page(site: dict, params: dict, key: str
 
 
 def test_paging_starts_at_one_whatever_is_typed(site: dict) -> None:
-    client = client_for(site["context"], OPERATOR)
+    client = page_client(site["context"], OPERATOR)
     for typed, number in (("3", 3), ("0", 1), ("-2", 1), ("x", 1), ("9" * 12, 1)):
         assert page_config(client.get("/batches", params={"page": typed}).text)[
             "page_number"] == number, typed
@@ -244,8 +211,7 @@ def test_paging_starts_at_one_whatever_is_typed(site: dict) -> None:
 
 @pytest.mark.parametrize("language", ["es", "en"])
 def test_a_batch_page_renders_its_frame_in_each_language(site: dict, language: str) -> None:
-    client = client_for(site["context"], MANAGER)
-    client.cookies.set("cacao_lang", language)
+    client = page_client(site["context"], MANAGER, language)
     answer = client.get(f"/batches/{site['north']}")
     assert answer.status_code == 200
     texts = catalog(language)
@@ -265,7 +231,7 @@ def test_a_batch_page_renders_its_frame_in_each_language(site: dict, language: s
 
 
 def test_an_unknown_batch_is_a_404_page(site: dict) -> None:
-    client = client_for(site["context"], MANAGER)
+    client = page_client(site["context"], MANAGER)
     for path in ("/batches/lote-nadie", "/batches/lote-nadie/report"):
         answer = client.get(path)
         assert answer.status_code == 404, path
@@ -276,7 +242,7 @@ def test_an_unknown_batch_is_a_404_page(site: dict) -> None:
 # --- comparison -------------------------------------------------------------------------------
 
 def test_the_comparison_page_takes_ids_either_way(site: dict) -> None:
-    client = client_for(site["context"], MANAGER)
+    client = page_client(site["context"], MANAGER)
     ids = [site["north"], site["south"]]
     for params in ({"ids": ",".join(ids)}, [("ids", ids[0]), ("ids", ids[1])]):
         answer = client.get("/batches/compare", params=params)
@@ -291,7 +257,7 @@ def test_the_comparison_page_takes_ids_either_way(site: dict) -> None:
 
 
 def test_the_comparison_api_gives_metrics_and_curves_from_the_start(site: dict) -> None:
-    client = client_for(site["context"], OPERATOR)
+    client = page_client(site["context"], OPERATOR)
     answer = client.get("/api/batches/compare", params={
         "ids": f"{site['south']},{site['north']}"})
     assert answer.status_code == 200
@@ -312,7 +278,7 @@ def test_the_comparison_api_gives_metrics_and_curves_from_the_start(site: dict) 
     ("{north},lote-nadie", 404, "batch lote-nadie is not known to this gateway"),
 ])
 def test_bad_comparisons_are_one_line(site: dict, ids: str, status: int, detail: str) -> None:
-    answer = client_for(site["context"], OPERATOR).get(
+    answer = page_client(site["context"], OPERATOR).get(
         "/api/batches/compare", params={"ids": ids.format(north=site["north"])})
     assert answer.status_code == status
     assert answer.json()["detail"] == detail
@@ -321,7 +287,7 @@ def test_bad_comparisons_are_one_line(site: dict, ids: str, status: int, detail:
 # --- the batch's series and events ------------------------------------------------------------
 
 def test_a_batch_series_covers_the_batch_only_with_its_reference_lines(site: dict) -> None:
-    answer = client_for(site["context"], OPERATOR).get(
+    answer = page_client(site["context"], OPERATOR).get(
         f"/api/batches/{site['north']}/series")
     assert answer.status_code == 200
     series = answer.json()
@@ -337,7 +303,7 @@ def test_a_batch_series_covers_the_batch_only_with_its_reference_lines(site: dic
 
 
 def test_a_batch_series_checks_its_parameters(site: dict) -> None:
-    client = client_for(site["context"], OPERATOR)
+    client = page_client(site["context"], OPERATOR)
     bad = client.get(f"/api/batches/{site['north']}/series", params={"fields": "colour"})
     assert bad.status_code == 422 and bad.json()["detail"].startswith("fields: unknown colour")
     assert client.get(f"/api/batches/{site['north']}/series",
@@ -350,7 +316,7 @@ def test_a_batch_series_checks_its_parameters(site: dict) -> None:
 
 
 def test_a_batchs_events_are_those_while_it_ran(site: dict) -> None:
-    client = client_for(site["context"], OPERATOR)
+    client = page_client(site["context"], OPERATOR)
     events = client.get(f"/api/batches/{site['north']}/events").json()
     assert [(e["type"], e["message"]) for e in events] == [("alarm_raised", "air 67 °C")]
     assert client.get(f"/api/batches/{site['south']}/events").json() == []
@@ -360,7 +326,7 @@ def test_a_batchs_events_are_those_while_it_ran(site: dict) -> None:
 # --- CSV ----------------------------------------------------------------------------------------
 
 def test_the_readings_csv_has_utc_and_local_times_and_units_in_its_header(site: dict) -> None:
-    answer = client_for(site["context"], MANAGER).get(
+    answer = page_client(site["context"], MANAGER).get(
         f"/api/batches/{site['north']}/readings.csv", params={"every_s": 3600})
     assert answer.status_code == 200
     header = answer.text.splitlines()[0].split(",")
@@ -375,7 +341,7 @@ def test_the_readings_csv_has_utc_and_local_times_and_units_in_its_header(site: 
 
 
 def test_the_summary_csv_has_local_times_and_filters_by_flag(site: dict) -> None:
-    client = client_for(site["context"], MANAGER)
+    client = page_client(site["context"], MANAGER)
     rows = parse_csv(client.get("/api/batches.csv").text)
     assert [r["lot_code"] for r in rows] == ["L-032", "L-031"]
     north = rows[1]
@@ -395,8 +361,7 @@ def test_the_summary_csv_has_local_times_and_filters_by_flag(site: dict) -> None
 
 @pytest.mark.parametrize("language", ["es", "en"])
 def test_the_report_holds_what_a_certification_file_needs(site: dict, language: str) -> None:
-    client = client_for(site["context"], MANAGER)
-    client.cookies.set("cacao_lang", language)
+    client = page_client(site["context"], MANAGER, language)
     answer = client.get(f"/batches/{site['north']}/report")
     assert answer.status_code == 200
     html = answer.text
@@ -414,7 +379,7 @@ def test_the_report_holds_what_a_certification_file_needs(site: dict, language: 
     assert html.count('<svg class="report-chart"') == 2
     assert html.count("<polyline") >= 2 and html.count('<circle class="mark"') == 0
     assert html.count('class="mark"') == 1           # the spot check on the moisture chart
-    assert "style=" not in re.sub(r"<script.*?</script>", "", html, flags=re.S)
+    assert "style=" not in visible_text(html)
     assert "js/report.js" in html and "uPlot" not in html
 
 
@@ -434,7 +399,7 @@ def test_a_7_day_batch_of_10_second_readings_is_charted_in_one_fast_call(
     week = readings(NORTH, start, 7 * 24, 10, 1)
     for first in range(0, len(week), 10_000):
         gateway.store.write(week[first:first + 10_000])
-    client = client_for(gateway, OPERATOR)
+    client = page_client(gateway, OPERATOR)
     batch_id = client.post("/api/batches", json={
         "site_id": SITE, "node_id": NORTH, "lot_code": "L-SEMANA",
         "initial_moisture_pct_wb": 55, "started_at": start.isoformat()}).json()["batch_id"]
@@ -453,10 +418,10 @@ def test_a_7_day_batch_of_10_second_readings_is_charted_in_one_fast_call(
 
 def test_no_text_key_shows_through_on_a_batch_page(site: dict) -> None:
     """A missing text would show as its key ("batches.record_title")."""
-    client = client_for(site["context"], MANAGER)
+    client = page_client(site["context"], MANAGER)
     keys = set(catalog("es"))
     for path in ("/batches", f"/batches/{site['north']}", f"/batches/{site['north']}/report",
                  f"/batches/compare?ids={site['north']},{site['south']}", "/batches/nadie",
                  "/batches?flag=x"):
-        visible = re.sub(r"<script.*?</script>", "", client.get(path).text, flags=re.S)
+        visible = visible_text(client.get(path).text)
         assert not [k for k in keys if f">{k}<" in visible or f" {k} " in visible], path

@@ -14,17 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
-from support.gateway_context import gateway_context
-from support.mosquitto import MosquittoBroker
+from support.pages import add_dryers, page_client, page_config, page_gateway, visible_text
 
-from cacao_dryer.clock import ManualClock
 from dashboard.i18n import LANGUAGES, catalog, shared_keys
-from gateway.api.app import create_app
 from gateway.api.deps import Actor, Role
-from gateway.context import GatewayContext
-from gateway.metadata.models import Node, Site
-from gateway.registry import ensure_nodes
 from gateway.timeseries import StoredReading
 
 ROOT = Path(__file__).parent.parent / "dashboard"
@@ -33,52 +26,31 @@ NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 KEY_LITERAL = re.compile(r"""["']([a-z]+\.[a-z0-9_]+)["']""")
 
 
-def client_for(context: GatewayContext, actor: Actor | None, language: str = "es"
-               ) -> TestClient:
-    client = TestClient(create_app(context, local_actor=actor), follow_redirects=False)
-    client.cookies.set("cacao_lang", language)
-    return client
-
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """One dryer with a load-cell tray (its readings carry tray_mass_kg) and two ended
     batches, so every page has something to show."""
-    folder = tmp_path_factory.mktemp("integration")
-    broker = MosquittoBroker(folder / "mosquitto")
-    broker.start()
-    clock = ManualClock(NOW)
-    try:
-        with gateway_context(folder / "gateway", broker,
-                             f"sqlite:///{folder / 'metadata.sqlite3'}", clock) as context:
-            with context.metadata.session() as session:
-                ensure_nodes(session, {(SITE, NODE)}, NOW - timedelta(days=2))
-                node = session.get(Node, (SITE, NODE))
-                assert node is not None
-                node.name = "Secador norte"
-                place = session.get(Site, SITE)
-                assert place is not None
-                place.name = "Cooperativa Demo"
-            context.store.write([StoredReading(
-                site_id=SITE, node_id=NODE, seq=i + 1,
-                measured_at=NOW - timedelta(hours=30) + timedelta(minutes=10 * i),
-                fields={"air_temp_c": 45.0, "air_rh_pct": 50.0,
-                        "bean_moisture_pct_wb": 55.0 - i * 0.2, "tray_mass_kg": 2.0})
-                for i in range(170)])
-            admin = client_for(context, Actor("ana", Role.ADMIN))
-            batches = []
-            for number, hours in ((1, 30), (2, 15)):
-                started = NOW - timedelta(hours=hours)
-                batch_id = admin.post("/api/batches", json={
-                    "site_id": SITE, "node_id": NODE, "lot_code": f"L-00{number}",
-                    "initial_moisture_pct_wb": 55,
-                    "started_at": started.isoformat()}).json()["batch_id"]
-                assert admin.post(f"/api/batches/{batch_id}/end", json={
-                    "ended_at": (started + timedelta(hours=12)).isoformat()}).status_code == 200
-                batches.append(batch_id)
-            yield {"context": context, "batches": batches, "broker": broker}
-    finally:
-        broker.kill()
+    with page_gateway(tmp_path_factory.mktemp("integration"), NOW) as context:
+        add_dryers(context, [NODE], names={NODE: "Secador norte"},
+                   site_name="Cooperativa Demo", first_seen=NOW - timedelta(days=2))
+        context.store.write([StoredReading(
+            site_id=SITE, node_id=NODE, seq=i + 1,
+            measured_at=NOW - timedelta(hours=30) + timedelta(minutes=10 * i),
+            fields={"air_temp_c": 45.0, "air_rh_pct": 50.0,
+                    "bean_moisture_pct_wb": 55.0 - i * 0.2, "tray_mass_kg": 2.0})
+            for i in range(170)])
+        admin = page_client(context, Actor("ana", Role.ADMIN))
+        batches = []
+        for number, hours in ((1, 30), (2, 15)):
+            started = NOW - timedelta(hours=hours)
+            batch_id = admin.post("/api/batches", json={
+                "site_id": SITE, "node_id": NODE, "lot_code": f"L-00{number}",
+                "initial_moisture_pct_wb": 55,
+                "started_at": started.isoformat()}).json()["batch_id"]
+            assert admin.post(f"/api/batches/{batch_id}/end", json={
+                "ended_at": (started + timedelta(hours=12)).isoformat()}).status_code == 200
+            batches.append(batch_id)
+        yield {"context": context, "batches": batches}
 
 
 def main_pages(batches: list[str]) -> list[str]:
@@ -86,14 +58,6 @@ def main_pages(batches: list[str]) -> list[str]:
     return ["/", f"/nodes/{SITE}/{NODE}", "/alerts", "/batches", f"/batches/{first}",
             f"/batches/compare?ids={first},{second}", f"/batches/{first}/report",
             "/thresholds", "/audit", "/calibration", "/login"]
-
-
-def page_config(html: str) -> dict[str, Any]:
-    found = re.search(r'<script type="application/json" id="page-config">(.*?)</script>',
-                      html, re.S)
-    assert found, "page has no config"
-    config: dict[str, Any] = json.loads(found.group(1))
-    return config
 
 
 def script_keys(html: str, every_key: set[str]) -> set[str]:
@@ -121,7 +85,7 @@ def keys_in(value: object, every_key: set[str]) -> set[str]:
 def test_every_page_sends_its_scripts_the_texts_they_use(site: dict[str, Any],
                                                          language: str) -> None:
     every_key = set(catalog(language))
-    admin = client_for(site["context"], Actor("ana", Role.ADMIN), language)
+    admin = page_client(site["context"], Actor("ana", Role.ADMIN), language)
     for path in main_pages(site["batches"]):
         answer = admin.get(path)
         assert answer.status_code == 200, path
@@ -131,12 +95,12 @@ def test_every_page_sends_its_scripts_the_texts_they_use(site: dict[str, Any],
         data = {k: v for k, v in config.items() if k != "catalog"}
         missing = (script_keys(answer.text, every_key) | keys_in(data, every_key)) - set(texts)
         assert sorted(missing) == [], path
-        visible = re.sub(r"<script.*?</script>", "", answer.text, flags=re.S)
+        visible = visible_text(answer.text)
         assert not [k for k in every_key if f">{k}<" in visible], path
 
 
 def test_a_page_carries_only_the_shared_texts_and_its_own_areas(site: dict[str, Any]) -> None:
-    admin = client_for(site["context"], Actor("ana", Role.ADMIN))
+    admin = page_client(site["context"], Actor("ana", Role.ADMIN))
     shared = shared_keys("es")
 
     def namespaces(path: str) -> set[str]:
@@ -162,7 +126,7 @@ def test_a_page_carries_only_the_shared_texts_and_its_own_areas(site: dict[str, 
 def test_one_403_page_says_in_the_users_language_what_their_role_may_not_do(
         site: dict[str, Any], language: str) -> None:
     first = site["batches"][0]
-    operator = client_for(site["context"], Actor("olga", Role.OPERATOR), language)
+    operator = page_client(site["context"], Actor("olga", Role.OPERATOR), language)
     texts = catalog(language)
     role = texts["role.operator"]
     for path, key in (("/thresholds", "thresholds.forbidden"), ("/audit", "audit.forbidden"),
@@ -179,7 +143,7 @@ def test_one_403_page_says_in_the_users_language_what_their_role_may_not_do(
 
 
 def test_one_404_page_names_what_is_unknown_and_links_back(site: dict[str, Any]) -> None:
-    operator = client_for(site["context"], Actor("olga", Role.OPERATOR))
+    operator = page_client(site["context"], Actor("olga", Role.OPERATOR))
     texts = catalog("es")
     node = operator.get(f"/nodes/{SITE}/nadie")
     assert node.status_code == 404
@@ -199,8 +163,8 @@ def test_one_404_page_names_what_is_unknown_and_links_back(site: dict[str, Any])
                                                (Role.TECHNICIAN, True), (Role.ADMIN, True)])
 def test_the_tare_and_override_controls_are_for_technicians_and_admins(
         site: dict[str, Any], role: Role, offered: bool) -> None:
-    page = client_for(site["context"], Actor("x", role)).get(f"/nodes/{SITE}/{NODE}").text
-    html = re.sub(r"<script.*?</script>", "", page, flags=re.S)  # not the texts for scripts
+    page = page_client(site["context"], Actor("x", role)).get(f"/nodes/{SITE}/{NODE}").text
+    html = visible_text(page)  # not the texts for scripts
     texts = catalog("es")
     for element in ('id="tare-box"', 'id="tare-send"', 'id="override-form"'):
         assert (element in html) is offered, (role, element)

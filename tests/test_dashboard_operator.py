@@ -8,7 +8,6 @@ role."""
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
@@ -20,6 +19,7 @@ from sqlalchemy import select
 from support import wait_for
 from support.auth import logged_in_client
 from support.mosquitto import MosquittoBroker, Subscriber
+from support.pages import add_dryers, page_config, visible_text
 
 from cacao_dryer.contract import EventType, NodeEvent, NodeState, NodeStatus
 from dashboard.i18n import catalog
@@ -28,8 +28,8 @@ from gateway.alert_service import AlertService
 from gateway.api.app import create_app
 from gateway.auth.roles import Role
 from gateway.context import GatewayContext
-from gateway.metadata.models import AlertRecord, AuditEntry, Node
-from gateway.registry import NodeRegistry, ensure_nodes
+from gateway.metadata.models import AlertRecord, AuditEntry
+from gateway.registry import NodeRegistry
 from gateway.timeseries import StoredReading
 
 SITE, NODE = "demo", "secador-01"
@@ -41,11 +41,7 @@ TARE = f"/api/nodes/{SITE}/{NODE}/tare"
 @pytest.fixture
 def dryer(gateway: GatewayContext) -> GatewayContext:
     """The gateway with one known, online dryer that has just sent a reading."""
-    with gateway.metadata.session() as session:
-        ensure_nodes(session, {(SITE, NODE)}, gateway.clock.now())
-        node = session.get(Node, (SITE, NODE))
-        assert node is not None
-        node.name = "Secador norte"
+    add_dryers(gateway, [NODE], names={NODE: "Secador norte"})
     hear(gateway, readings=[reading(gateway, 1, mode="auto")],
          statuses=[NodeStatus(site_id=SITE, node_id=NODE, state=NodeState.ONLINE)])
     return gateway
@@ -91,7 +87,7 @@ def test_an_operator_gets_the_batch_forms_and_alerts_but_no_override_controls(
         operator: TestClient) -> None:
     answer = operator.get(NODE_PAGE)
     assert answer.status_code == 200
-    html = re.sub(r"<script.*?</script>", "", answer.text, flags=re.S)  # not the catalog
+    html = visible_text(answer.text)  # not the catalog
     texts = catalog("es")
     for element in ('id="start-form"', 'id="spot-form"', 'id="end-form"', 'id="end-open"',
                     'id="alert-list"', 'id="override-status"', 'id="end-suggestion"'):
@@ -158,7 +154,7 @@ def test_the_alerts_page_has_its_filters_in_plain_words(operator: TestClient,
                 "alerts.severity_critical", "alerts.state_closed", "alerts.filter_dryer"):
         assert texts[key] in html, key
     assert '<option value="demo/secador-01">Secador norte</option>' in html
-    config = json.loads(re.search(r'id="page-config">(.*?)</script>', html, re.S).group(1))
+    config = page_config(html)
     assert config["dryer_names"] == {"demo/secador-01": "Secador norte"}
     assert "js/alerts.js" in html and "js/alert-items.js" in html
 

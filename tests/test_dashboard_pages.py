@@ -5,7 +5,6 @@ translation catalogs complete and used, and nothing loaded from another host."""
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -15,64 +14,40 @@ from zoneinfo import ZoneInfo
 import pytest
 from fastapi.testclient import TestClient
 from support.auth import PASSWORD, add_user
-from support.gateway_context import gateway_context
-from support.mosquitto import MosquittoBroker
+from support.pages import add_dryers, page_client, page_config, page_gateway, visible_text
 
-from cacao_dryer.clock import ManualClock
 from dashboard import i18n
 from dashboard.i18n import catalog, dynamic_keys, format_datetime, format_number
 from dashboard.web import NAV, NavItem, all_nav, nav_for, safe_next
-from gateway.api.app import LOCAL_ADMIN, create_app
+from gateway.api.app import LOCAL_ADMIN
 from gateway.api.deps import Actor, Role
 from gateway.context import GatewayContext
-from gateway.metadata.models import Node, Site
-from gateway.registry import ensure_nodes
+from gateway.metadata.models import Node
 
 ROOT = Path(__file__).parent.parent / "dashboard"
 SITE, NODE = "demo", "secador-01"
 PAGE_WEIGHT_LIMIT = 200 * 1024  # the issue's limit for the live view's first load
 
 
-def client_for(context: GatewayContext, actor: Actor | None = LOCAL_ADMIN) -> TestClient:
-    return TestClient(create_app(context, local_actor=actor), follow_redirects=False)
-
-
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayContext]:
     """One real gateway context for the module (pages only read it; each test has its own app
-    and cookies): a known site and dryer in SQLite, a publisher on a private Mosquitto."""
-    folder = tmp_path_factory.mktemp("pages")
-    broker = MosquittoBroker(folder / "mosquitto")
-    broker.start()
-    clock = ManualClock(datetime(2026, 3, 1, 12, 0, tzinfo=UTC))
-    try:
-        with gateway_context(folder / "gateway", broker,
-                             f"sqlite:///{folder / 'metadata.sqlite3'}", clock) as context:
-            with context.metadata.session() as session:
-                ensure_nodes(session, {(SITE, NODE)}, clock.now())
-                node = session.get(Node, (SITE, NODE))
-                assert node is not None
-                node.name = "Secador norte"
-                node.firmware_version = "0.1.0"
-                site = session.get(Site, SITE)
-                assert site is not None
-                site.name = "Cooperativa Demo"
-            yield context
-    finally:
-        broker.kill()
+    and cookies): a known site and dryer."""
+    with page_gateway(tmp_path_factory.mktemp("pages"),
+                      datetime(2026, 3, 1, 12, 0, tzinfo=UTC)) as context:
+        add_dryers(context, [NODE], names={NODE: "Secador norte"},
+                   site_name="Cooperativa Demo")
+        with context.metadata.session() as session:
+            node = session.get(Node, (SITE, NODE))
+            assert node is not None
+            node.firmware_version = "0.1.0"
+        yield context
 
 
 @pytest.fixture
 def client(gateway: GatewayContext) -> Iterator[TestClient]:
-    with client_for(gateway) as client:
+    with page_client(gateway, LOCAL_ADMIN) as client:
         yield client
-
-
-def page_config(html: str) -> dict:
-    found = re.search(r'<script type="application/json" id="page-config">(.*?)</script>', html,
-                      re.S)
-    assert found, "page has no config"
-    return json.loads(found.group(1))
 
 
 def asset_urls(html: str) -> list[str]:
@@ -105,7 +80,7 @@ def test_a_new_visitor_gets_spanish(client: TestClient) -> None:
 
 
 def test_the_users_saved_language_applies_without_a_cookie(gateway: GatewayContext) -> None:
-    with client_for(gateway, Actor("ana", Role.OPERATOR, language="en")) as client:
+    with page_client(gateway, Actor("ana", Role.OPERATOR, language="en")) as client:
         html = client.get("/").text
     assert '<html lang="en">' in html and "ana" in html and "(operator)" in html
 
@@ -162,8 +137,7 @@ def test_an_unknown_node_is_a_404_page(client: TestClient) -> None:
 
 @pytest.mark.parametrize("language", ["es", "en"])
 def test_the_login_page_renders_without_a_login(gateway: GatewayContext, language: str) -> None:
-    with client_for(gateway, None) as client:
-        client.cookies.set("cacao_lang", language)
+    with page_client(gateway, None, language) as client:
         answer = client.get("/login", params={"next": "/nodes/demo/secador-01"})
     assert answer.status_code == 200
     html = answer.text
@@ -173,13 +147,13 @@ def test_the_login_page_renders_without_a_login(gateway: GatewayContext, languag
 
 
 def test_the_login_page_only_returns_to_local_pages(gateway: GatewayContext) -> None:
-    with client_for(gateway, None) as client:
+    with page_client(gateway, None) as client:
         html = client.get("/login", params={"next": "https://evil.example/"}).text
     assert 'data-next="/"' in html
 
 
 def test_a_page_without_a_login_goes_to_the_login_page(gateway: GatewayContext) -> None:
-    with client_for(gateway, None) as client:
+    with page_client(gateway, None) as client:
         answer = client.get("/nodes/demo/secador-01", params={"from": "alerts"})
         assert answer.status_code == 303
         assert answer.headers["location"] == \
@@ -191,7 +165,7 @@ def test_a_page_without_a_login_goes_to_the_login_page(gateway: GatewayContext) 
 
 def test_a_logged_in_user_sees_pages_in_their_saved_language(gateway: GatewayContext) -> None:
     add_user(gateway, "tomas", Role.TECHNICIAN, language="en")
-    with client_for(gateway, None) as client:
+    with page_client(gateway, None) as client:
         login = client.post("/api/auth/login", json={"username": "tomas", "password": PASSWORD})
         assert login.status_code == 200
         html = client.get("/").text
@@ -204,7 +178,7 @@ def test_a_logged_in_user_sees_pages_in_their_saved_language(gateway: GatewayCon
                                            ("disabled", "login.error_disabled")])
 def test_a_plain_form_login_that_failed_says_why(gateway: GatewayContext, code: str,
                                                  key: str) -> None:
-    with client_for(gateway, None) as client:
+    with page_client(gateway, None) as client:
         html = client.get("/login", params={"error": code, "next": "/"}).text
     assert f'<p class="error" id="login-error" role="alert">{catalog("es")[key]}</p>' in html
 
@@ -380,8 +354,7 @@ def test_no_text_is_left_untranslated_on_a_page(client: TestClient) -> None:
     keys = set(catalog("es"))
     for path in ("/", f"/nodes/{SITE}/{NODE}", "/login"):
         html = client.get(path).text
-        visible = re.sub(r"<script.*?</script>", "", html, flags=re.S)
-        assert not [k for k in keys if f">{k}<" in visible], path
+        assert not [k for k in keys if f">{k}<" in visible_text(html)], path
 
 
 def test_a_broken_catalog_is_a_one_line_config_error() -> None:
@@ -391,24 +364,23 @@ def test_a_broken_catalog_is_a_one_line_config_error() -> None:
         catalog("xx")
 
 
-def test_a_key_defined_in_two_catalog_files_is_refused(tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_key_defined_in_two_catalog_files_is_refused(tmp_path: Path) -> None:
     from cacao_dryer.errors import ConfigError
 
-    (tmp_path / "es.json").write_text('{"app.name": "Secador"}', encoding="utf-8")
-    (tmp_path / "batches").mkdir()
-    (tmp_path / "batches" / "es.json").write_text('{"app.name": "Otro"}', encoding="utf-8")
-    monkeypatch.setattr(i18n, "CATALOG_DIR", tmp_path)
-    catalog.cache_clear()
-    try:
-        with pytest.raises(ConfigError, match=r"batches/es\.json: key 'app\.name' is already"):
-            catalog("es")
-        (tmp_path / "batches" / "es.json").write_text('{"batch.title": "Lotes"}',
-                                                      encoding="utf-8")
-        catalog.cache_clear()
-        assert catalog("es") == {"app.name": "Secador", "batch.title": "Lotes"}
-    finally:
-        catalog.cache_clear()
+    twice, apart = tmp_path / "twice", tmp_path / "apart"
+    for folder, area_texts in ((twice, '{"app.name": "Otro"}'),
+                               (apart, '{"batch.title": "Lotes"}')):
+        (folder / "batches").mkdir(parents=True)
+        (folder / "es.json").write_text('{"app.name": "Secador"}', encoding="utf-8")
+        (folder / "batches" / "es.json").write_text(area_texts, encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"batches/es\.json: key 'app\.name' is already"):
+        catalog("es", twice)
+    assert catalog("es", apart) == {"app.name": "Secador", "batch.title": "Lotes"}
+    assert catalog("es")["app.name"] != "Secador"  # the package's own catalog is untouched
+
+
+def test_the_packages_catalog_is_read_once_however_its_folder_is_named() -> None:
+    assert catalog("es", i18n.CATALOG_DIR) is catalog("es")
 
 
 # --- formatting helpers ---------------------------------------------------------------------

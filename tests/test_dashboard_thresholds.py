@@ -6,20 +6,16 @@ API calls the page scripts make, with real logins, sessions and CSRF tokens."""
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from support.auth import logged_in_client
-from support.gateway_context import gateway_context
-from support.mosquitto import MosquittoBroker
+from support.pages import add_dryers, page_client, page_config, page_gateway, visible_text
 
-from cacao_dryer.clock import ManualClock
 from cacao_dryer.contract import Thresholds
 from dashboard.i18n import LANGUAGES, catalog
 from dashboard.pages.audit import ACTION_GROUPS, ACTION_TEXTS
@@ -28,42 +24,19 @@ from dashboard.web import all_nav, nav_for
 from gateway.api.app import create_app
 from gateway.api.deps import Actor, Role
 from gateway.context import GatewayContext
-from gateway.metadata.models import Node, Site
-from gateway.registry import ensure_nodes
 
 SITE, NODE = "demo", "secador-01"
 PAGES = ("/thresholds", "/audit")
 
 
-def client_for(context: GatewayContext, actor: Actor | None) -> TestClient:
-    return TestClient(create_app(context, local_actor=actor), follow_redirects=False)
-
-
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayContext]:
     """A known site with one dryer, real SQLite metadata, a publisher on a private broker."""
-    folder = tmp_path_factory.mktemp("technician-pages")
-    broker = MosquittoBroker(folder / "mosquitto")
-    broker.start()
-    clock = ManualClock(datetime(2026, 3, 1, 12, 0, tzinfo=UTC))
-    try:
-        with gateway_context(folder / "gateway", broker,
-                             f"sqlite:///{folder / 'metadata.sqlite3'}", clock) as context:
-            with context.metadata.session() as session:
-                ensure_nodes(session, {(SITE, NODE)}, clock.now())
-                node = session.get(Node, (SITE, NODE))
-                assert node is not None
-                node.name = "Secador norte"
-                site = session.get(Site, SITE)
-                assert site is not None
-                site.name = "Cooperativa Demo"
-            yield context
-    finally:
-        broker.kill()
-
-
-def visible_text(html: str) -> str:
-    return re.sub(r"<script.*?</script>", "", html, flags=re.S)
+    with page_gateway(tmp_path_factory.mktemp("technician-pages"),
+                      datetime(2026, 3, 1, 12, 0, tzinfo=UTC)) as context:
+        add_dryers(context, [NODE], names={NODE: "Secador norte"},
+                   site_name="Cooperativa Demo")
+        yield context
 
 
 # --- who may open the pages -------------------------------------------------------------------
@@ -71,7 +44,7 @@ def visible_text(html: str) -> str:
 @pytest.mark.parametrize("path", PAGES)
 def test_an_anonymous_visitor_is_sent_to_the_login_page_and_sees_nothing(
         gateway: GatewayContext, path: str) -> None:
-    with client_for(gateway, None) as anonymous:
+    with page_client(gateway, None) as anonymous:
         answer = anonymous.get(path)
         assert answer.status_code == 303
         assert answer.headers["location"] == f"/login?next=%2F{path[1:]}"
@@ -91,7 +64,7 @@ def test_an_anonymous_visitor_is_sent_to_the_login_page_and_sees_nothing(
 @pytest.mark.parametrize("language", LANGUAGES)
 def test_an_operator_gets_a_403_page_in_their_language(gateway: GatewayContext, path: str,
                                                        key: str, language: str) -> None:
-    with client_for(gateway, Actor("olga", Role.OPERATOR, language=language)) as operator:
+    with page_client(gateway, Actor("olga", Role.OPERATOR, language=language)) as operator:
         answer = operator.get(path)
     assert answer.status_code == 403
     assert "text/html" in answer.headers["content-type"]
@@ -125,7 +98,7 @@ def test_who_opens_which_page_matches_the_api(gateway: GatewayContext, role: Rol
                                               thresholds: int, audit: int) -> None:
     """/thresholds is the editor: whoever may save (PUT, technician) opens it. The audit log
     is for technicians and managers, page and API alike."""
-    with client_for(gateway, Actor("someone", role)) as client:
+    with page_client(gateway, Actor("someone", role)) as client:
         assert client.get("/thresholds").status_code == thresholds
         assert client.get("/audit").status_code == audit
         assert client.get("/api/audit").status_code == audit
@@ -153,7 +126,7 @@ def test_the_navigation_lists_the_pages_for_the_roles_that_may_open_them() -> No
 @pytest.mark.parametrize("language", LANGUAGES)
 def test_the_thresholds_page_renders_in_each_language(gateway: GatewayContext,
                                                       language: str) -> None:
-    with client_for(gateway, Actor("ana", Role.TECHNICIAN, language=language)) as client:
+    with page_client(gateway, Actor("ana", Role.TECHNICIAN, language=language)) as client:
         answer = client.get("/thresholds")
     assert answer.status_code == 200
     texts = catalog(language)
@@ -177,7 +150,7 @@ def test_the_thresholds_page_renders_in_each_language(gateway: GatewayContext,
 
 @pytest.mark.parametrize("language", LANGUAGES)
 def test_the_audit_page_renders_in_each_language(gateway: GatewayContext, language: str) -> None:
-    with client_for(gateway, Actor("rosa", Role.MANAGER, language=language)) as client:
+    with page_client(gateway, Actor("rosa", Role.MANAGER, language=language)) as client:
         answer = client.get("/audit")
     assert answer.status_code == 200
     texts = catalog(language)
@@ -195,20 +168,12 @@ def test_the_audit_page_renders_in_each_language(gateway: GatewayContext, langua
 
 
 def test_the_page_scripts_and_styles_are_served(gateway: GatewayContext) -> None:
-    with client_for(gateway, Actor("ana", Role.TECHNICIAN)) as client:
+    with page_client(gateway, Actor("ana", Role.TECHNICIAN)) as client:
         for page in PAGES:
             for url in re.findall(r'(?:src|href)="(/static/[^"]+)"', client.get(page).text):
                 answer = client.get(url)
                 assert answer.status_code == 200, url
                 assert answer.headers["cache-control"].endswith("immutable"), url
-
-
-def page_config(html: str) -> dict[str, Any]:
-    found = re.search(r'<script type="application/json" id="page-config">(.*?)</script>', html,
-                      re.S)
-    assert found
-    data: dict[str, Any] = json.loads(found.group(1))
-    return data
 
 
 # --- every threshold explained ----------------------------------------------------------------

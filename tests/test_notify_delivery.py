@@ -6,11 +6,9 @@ permanent failures counted) and its configuration."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import re
 import ssl
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,6 +22,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from support import wait_for
+from support.http_receiver import Answer, HttpReceiver
 from support.mosquitto import free_port, make_self_signed_cert
 
 from cacao_dryer.clock import ManualClock
@@ -159,65 +158,19 @@ def trusting(cert: Path) -> ssl.SSLContext:
 
 # --- a local stand-in for api.telegram.org ----------------------------------------------------
 
-@dataclass(frozen=True)
-class TelegramRequest:
-    path: str
-    payload: dict[str, Any]
+def telegram_server(*script: tuple[int, dict[str, Any]]) -> HttpReceiver:
+    """A stand-in for api.telegram.org: records each Bot API request and answers ``script``
+    (status, JSON) first, then ok."""
+    def answer(status: int, data: dict[str, Any]) -> Answer:
+        return Answer(status, {"Content-Type": "application/json"}, json.dumps(data).encode())
 
-
-class TelegramServer:
-    """Records each Bot API request and answers from ``script`` (status, JSON), then 200."""
-
-    def __init__(self, script: list[tuple[int, dict[str, Any]]] | None = None) -> None:
-        self.port = free_port()
-        self.script = list(script or [])
-        self.requests: list[TelegramRequest] = []
-        self._lock = threading.Lock()
-        self._server: http.server.ThreadingHTTPServer | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> TelegramServer:
-        owner = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                with owner._lock:
-                    owner.requests.append(TelegramRequest(self.path, json.loads(body)))
-                    status, answer = (owner.script.pop(0) if owner.script
-                                      else (200, {"ok": True, "result": {"message_id": 1}}))
-                data = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *_args: object) -> None:
-                pass
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def received(self) -> list[TelegramRequest]:
-        with self._lock:
-            return list(self.requests)
+    return HttpReceiver([answer(*step) for step in script],
+                        default=answer(200, {"ok": True, "result": {"message_id": 1}}))
 
 
 @pytest.fixture
-def telegram_servers() -> Iterator[list[TelegramServer]]:
-    started: list[TelegramServer] = []
+def telegram_servers() -> Iterator[list[HttpReceiver]]:
+    started: list[HttpReceiver] = []
     yield started
     for server in started:
         server.stop()
@@ -287,28 +240,28 @@ def test_refused_mailbox_is_given_up_busy_server_and_no_server_are_retried(
 # --- Telegram -------------------------------------------------------------------------------
 
 def test_telegram_message_goes_to_the_chat_silently_unless_critical(
-        telegram_servers: list[TelegramServer]) -> None:
-    server = TelegramServer().start()
+        telegram_servers: list[HttpReceiver]) -> None:
+    server = telegram_server().start()
     telegram_servers.append(server)
     channel = TelegramChannel(TOKEN, api_url=server.url)
     assert channel.send("123456", MESSAGE).outcome is Outcome.DELIVERED
     calm = Message("s", "t", "cuerpo", urgent=False)
     assert channel.send("-100200300", calm).outcome is Outcome.DELIVERED
-    first, second = server.received()
+    first, second = server.requests()
     assert first.path == f"/bot{TOKEN}/sendMessage"
-    assert first.payload == {"chat_id": "123456", "text": MESSAGE.body,
-                             "disable_web_page_preview": True, "disable_notification": False}
-    assert second.payload["chat_id"] == "-100200300" and second.payload[
-        "disable_notification"] is True
+    assert first.json() == {"chat_id": "123456", "text": MESSAGE.body,
+                            "disable_web_page_preview": True, "disable_notification": False}
+    assert second.json()["chat_id"] == "-100200300"
+    assert second.json()["disable_notification"] is True
     channel.close()
 
 
 def test_telegram_flood_limit_waits_and_blocked_bot_gives_up_without_leaking_the_token(
-        telegram_servers: list[TelegramServer]) -> None:
-    server = TelegramServer(script=[
+        telegram_servers: list[HttpReceiver]) -> None:
+    server = telegram_server(
         (429, {"ok": False, "error_code": 429, "description": "Too Many Requests: retry after 35",
                "parameters": {"retry_after": 35}}),
-        (403, {"ok": False, "error_code": 403, "description": "Forbidden: bot was blocked"})]
+        (403, {"ok": False, "error_code": 403, "description": "Forbidden: bot was blocked"})
     ).start()
     telegram_servers.append(server)
     channel = TelegramChannel(TOKEN, api_url=server.url)
@@ -389,10 +342,10 @@ def services() -> Iterator[list[NotificationService]]:
 
 def test_an_alert_reaches_email_telegram_and_sms(
         tmp_path: Path, smtp_servers: list[SmtpServer],
-        telegram_servers: list[TelegramServer], services: list[NotificationService]) -> None:
+        telegram_servers: list[HttpReceiver], services: list[NotificationService]) -> None:
     smtp = SmtpServer().start()
     smtp_servers.append(smtp)
-    telegram = TelegramServer().start()
+    telegram = telegram_server().start()
     telegram_servers.append(telegram)
     outbox = tmp_path / "outbox"
     outbox.mkdir()
@@ -406,12 +359,12 @@ def test_an_alert_reaches_email_telegram_and_sms(
     services.append(service)
     service.start()
     assert service.enqueue(notice()) == 3
-    wait_for(lambda: len(smtp.mails) == 1 and len(telegram.received()) == 1
+    wait_for(lambda: len(smtp.mails) == 1 and len(telegram.requests()) == 1
              and len(list(outbox.iterdir())) == 1, 10, "e-mail, Telegram and SMS")
     expected = ("ALERTA Secador secador-01 (coop-tarapoto): temperatura del aire 68.2 °C desde "
                 "14:05. Abra ventilación y revise el secador.")
     assert smtp.mails[0].email.get_content().startswith(expected)
-    assert telegram.received()[0].payload["text"].startswith(expected)
+    assert telegram.requests()[0].json()["text"].startswith(expected)
     [sms] = list(outbox.iterdir())
     assert sms.read_bytes().decode("utf-16") == expected.replace("°C", "C").replace("ó", "o")
     wait_for(lambda: service.counts()[(ChannelName.SMS, DeliveryState.DELIVERED)] == 1, 10,
@@ -420,9 +373,9 @@ def test_an_alert_reaches_email_telegram_and_sms(
 
 
 def test_a_restarted_service_delivers_what_was_queued_once(
-        tmp_path: Path, telegram_servers: list[TelegramServer],
+        tmp_path: Path, telegram_servers: list[HttpReceiver],
         services: list[NotificationService]) -> None:
-    telegram = TelegramServer()
+    telegram = telegram_server()
     path = tmp_path / "notifications.sqlite3"
     channels = [TelegramChannel(TOKEN, api_url=telegram.url)]
     first = NotificationService(path, [luis(channels=(ChannelName.TELEGRAM,))], channels,
@@ -441,7 +394,7 @@ def test_a_restarted_service_delivers_what_was_queued_once(
     second.enqueue(notice())   # the same notice again (e.g. announced again): not resent
     wait_for(lambda: second.counts()[(ChannelName.TELEGRAM, DeliveryState.DELIVERED)] == 1,
              10, "delivery after the restart")
-    assert len(telegram.received()) == 1
+    assert len(telegram.requests()) == 1
 
 
 def test_quiet_hours_hold_warnings_until_a_morning_digest_but_not_critical(
@@ -474,9 +427,9 @@ def test_quiet_hours_hold_warnings_until_a_morning_digest_but_not_critical(
 
 
 def test_duplicates_and_acknowledgements_are_not_sent_again_a_flapping_one_is_summarised(
-        tmp_path: Path, telegram_servers: list[TelegramServer],
+        tmp_path: Path, telegram_servers: list[HttpReceiver],
         services: list[NotificationService]) -> None:
-    telegram = TelegramServer().start()
+    telegram = telegram_server().start()
     telegram_servers.append(telegram)
     clock = ManualClock(T0)
     service = NotificationService(tmp_path / "n.sqlite3",
@@ -488,7 +441,7 @@ def test_duplicates_and_acknowledgements_are_not_sent_again_a_flapping_one_is_su
     service.enqueue(notice(1, acknowledged=True))
     while service.run_due():
         pass
-    assert len(telegram.received()) == 1
+    assert len(telegram.requests()) == 1
     for alert_id in (1, 2, 3):   # opens and closes every 20 minutes
         opened = clock.now()
         if alert_id > 1:
@@ -498,7 +451,7 @@ def test_duplicates_and_acknowledgements_are_not_sent_again_a_flapping_one_is_su
         clock.advance(600)
         while service.run_due():
             pass
-    texts = [request.payload["text"].split("\n")[0] for request in telegram.received()]
+    texts = [request.json()["text"].split("\n")[0] for request in telegram.requests()]
     assert len(texts) == 5, texts   # open 1, close 1, open 2, close 2, then one summary
     assert texts[-1] == ("ALERTA Secador secador-01 (coop-tarapoto): temperatura alta se abrió "
                          "3 veces en la última hora; ahora abierta.")
@@ -506,7 +459,7 @@ def test_duplicates_and_acknowledgements_are_not_sent_again_a_flapping_one_is_su
     clock.advance(40 * 60)   # an hour after the summary: it calmed down, the closing goes out
     while service.run_due():
         pass
-    assert telegram.received()[-1].payload["text"].startswith(
+    assert telegram.requests()[-1].json()["text"].startswith(
         "RESUELTO Secador secador-01 (coop-tarapoto): temperatura del aire normal otra vez a "
         "las 14:55 (alerta desde 14:45).")
     assert service.waiting() == {}

@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import http.server
 import json
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,7 +15,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from support import wait_for
-from support.mosquitto import MosquittoBroker, Subscriber, free_port
+from support.http_receiver import Answer, HttpReceiver
+from support.mosquitto import MosquittoBroker, Subscriber
 
 from cacao_dryer.clock import ManualClock
 from cacao_dryer.contract import (
@@ -260,84 +258,21 @@ def test_event_header_says_opened_updated_or_closed() -> None:
 
 # --- delivery to a real HTTP server -------------------------------------------------------
 
-@dataclass(frozen=True)
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-
-class Receiver:
-    """A real HTTP server on a loopback port that records each POST and answers from
-    ``script`` (status, extra headers), then 200. ``hang`` first requests wait until the
-    test ends (the client times out)."""
-
-    def __init__(self, port: int | None = None,
-                 script: list[tuple[int, dict[str, str]]] | None = None, hang: int = 0) -> None:
-        self.port = port or free_port()
-        self.script = list(script or [])
-        self.hang = hang
-        self.received: list[Received] = []
-        self.released = threading.Event()
-        self._lock = threading.Lock()
-        self._server: http.server.ThreadingHTTPServer | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hooks/cacao"
-
-    def start(self) -> Receiver:
-        receiver = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                with receiver._lock:
-                    receiver.received.append(Received(self.path, {k.lower(): v for k, v in
-                                                                  self.headers.items()}, body))
-                    hang = receiver.hang > 0
-                    receiver.hang -= hang
-                    status, headers = (receiver.script.pop(0) if receiver.script
-                                       else (200, {}))
-                if hang:
-                    receiver.released.wait(10)
-                    return
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *_args: object) -> None:
-                pass
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        self.released.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def requests(self) -> list[Received]:
-        with self._lock:
-            return list(self.received)
+def webhook_receiver(*answers: Answer, hang: int = 0) -> HttpReceiver:
+    """A webhook receiver (POST /hooks/cacao) answering ``answers`` first, then 200."""
+    return HttpReceiver(answers, hang=hang, path="/hooks/cacao")
 
 
 @pytest.fixture
-def receivers() -> Iterator[list[Receiver]]:
+def receivers() -> Iterator[list[HttpReceiver]]:
     """Receivers a test starts are stopped at teardown."""
-    started: list[Receiver] = []
+    started: list[HttpReceiver] = []
     yield started
     for receiver in started:
         receiver.stop()
 
 
-def running(receivers: list[Receiver], receiver: Receiver) -> Receiver:
+def running(receivers: list[HttpReceiver], receiver: HttpReceiver) -> HttpReceiver:
     receivers.append(receiver.start())
     return receiver
 
@@ -358,8 +293,8 @@ def make_sender(senders: list[WebhookSender], path: Path, *targets: WebhookTarge
 
 
 def test_alert_is_delivered_once_with_a_valid_signature(
-        tmp_path: Path, receivers: list[Receiver], senders: list[WebhookSender]) -> None:
-    receiver = running(receivers, Receiver())
+        tmp_path: Path, receivers: list[HttpReceiver], senders: list[WebhookSender]) -> None:
+    receiver = running(receivers, webhook_receiver())
     sender = make_sender(senders, tmp_path / "webhooks.sqlite3",
                          WebhookTarget(receiver.url, SECRET), policy=FAST, idle_poll_s=0.05)
     sender.start()
@@ -377,8 +312,8 @@ def test_alert_is_delivered_once_with_a_valid_signature(
 
 
 def test_server_failing_first_requests_gets_it_after_retries_with_one_delivery_id(
-        tmp_path: Path, receivers: list[Receiver], senders: list[WebhookSender]) -> None:
-    receiver = running(receivers, Receiver(script=[(500, {}), (503, {}), (502, {})]))
+        tmp_path: Path, receivers: list[HttpReceiver], senders: list[WebhookSender]) -> None:
+    receiver = running(receivers, webhook_receiver(Answer(500), Answer(503), Answer(502)))
     sender = make_sender(senders, tmp_path / "webhooks.sqlite3",
                          WebhookTarget(receiver.url, SECRET), policy=FAST, idle_poll_s=0.05)
     sender.start()
@@ -390,8 +325,8 @@ def test_server_failing_first_requests_gets_it_after_retries_with_one_delivery_i
 
 
 def test_server_down_then_up_gets_the_alert_when_it_is_back(
-        tmp_path: Path, receivers: list[Receiver], senders: list[WebhookSender]) -> None:
-    receiver = Receiver()
+        tmp_path: Path, receivers: list[HttpReceiver], senders: list[WebhookSender]) -> None:
+    receiver = webhook_receiver()
     sender = make_sender(senders, tmp_path / "webhooks.sqlite3",
                          WebhookTarget(receiver.url, SECRET), policy=FAST, idle_poll_s=0.05)
     sender.start()
@@ -405,9 +340,9 @@ def test_server_down_then_up_gets_the_alert_when_it_is_back(
 
 
 def test_a_restarted_sender_delivers_what_was_pending(
-        tmp_path: Path, receivers: list[Receiver], senders: list[WebhookSender]) -> None:
+        tmp_path: Path, receivers: list[HttpReceiver], senders: list[WebhookSender]) -> None:
     queue = tmp_path / "webhooks.sqlite3"
-    receiver = Receiver()
+    receiver = webhook_receiver()
     target = WebhookTarget(receiver.url, SECRET)
     first = make_sender(senders, queue, target, policy=FAST, idle_poll_s=0.05)
     first.start()
@@ -423,8 +358,8 @@ def test_a_restarted_sender_delivers_what_was_pending(
 
 
 def test_bad_request_is_given_up_not_retried(
-        tmp_path: Path, receivers: list[Receiver], senders: list[WebhookSender]) -> None:
-    receiver = running(receivers, Receiver(script=[(400, {})] * 5))
+        tmp_path: Path, receivers: list[HttpReceiver], senders: list[WebhookSender]) -> None:
+    receiver = running(receivers, webhook_receiver(*[Answer(400)] * 5))
     clock = ManualClock(T0)
     sender = make_sender(senders, tmp_path / "webhooks.sqlite3",
                          WebhookTarget(receiver.url, SECRET), clock=clock)
@@ -438,8 +373,8 @@ def test_bad_request_is_given_up_not_retried(
 
 
 def test_too_many_requests_waits_for_retry_after(
-        tmp_path: Path, receivers: list[Receiver], senders: list[WebhookSender]) -> None:
-    receiver = running(receivers, Receiver(script=[(429, {"Retry-After": "120"})]))
+        tmp_path: Path, receivers: list[HttpReceiver], senders: list[WebhookSender]) -> None:
+    receiver = running(receivers, webhook_receiver(Answer(429, {"Retry-After": "120"})))
     clock = ManualClock(T0)
     sender = make_sender(senders, tmp_path / "webhooks.sqlite3",
                          WebhookTarget(receiver.url, SECRET), clock=clock, random=lambda: 0.0)
@@ -454,8 +389,8 @@ def test_too_many_requests_waits_for_retry_after(
 
 
 def test_retries_follow_the_backoff_and_stop_at_max_attempts(
-        tmp_path: Path, receivers: list[Receiver], senders: list[WebhookSender]) -> None:
-    receiver = running(receivers, Receiver(script=[(500, {})] * 10))
+        tmp_path: Path, receivers: list[HttpReceiver], senders: list[WebhookSender]) -> None:
+    receiver = running(receivers, webhook_receiver(*[Answer(500)] * 10))
     clock = ManualClock(T0)
     policy = RetryPolicy(max_attempts=3)
     sender = make_sender(senders, tmp_path / "webhooks.sqlite3",
@@ -475,8 +410,8 @@ def test_retries_follow_the_backoff_and_stop_at_max_attempts(
 
 
 def test_slow_server_times_out_and_is_retried(
-        tmp_path: Path, receivers: list[Receiver], senders: list[WebhookSender]) -> None:
-    receiver = running(receivers, Receiver(hang=1))
+        tmp_path: Path, receivers: list[HttpReceiver], senders: list[WebhookSender]) -> None:
+    receiver = running(receivers, webhook_receiver(hang=1))
     policy = RetryPolicy(first_delay_s=0.05, max_delay_s=0.2, timeout_s=0.3)
     sender = make_sender(senders, tmp_path / "webhooks.sqlite3",
                          WebhookTarget(receiver.url, SECRET), policy=policy, idle_poll_s=0.05)
@@ -489,8 +424,8 @@ def test_slow_server_times_out_and_is_retried(
 
 
 def test_closed_never_overtakes_opened_for_one_target(
-        tmp_path: Path, receivers: list[Receiver], senders: list[WebhookSender]) -> None:
-    receiver = running(receivers, Receiver(script=[(503, {})]))
+        tmp_path: Path, receivers: list[HttpReceiver], senders: list[WebhookSender]) -> None:
+    receiver = running(receivers, webhook_receiver(Answer(503)))
     clock = ManualClock(T0)
     sender = make_sender(senders, tmp_path / "webhooks.sqlite3",
                          WebhookTarget(receiver.url, SECRET), clock=clock, random=lambda: 0.0)
@@ -505,9 +440,9 @@ def test_closed_never_overtakes_opened_for_one_target(
 
 
 def test_each_target_gets_only_what_it_asked_for(
-        tmp_path: Path, receivers: list[Receiver], senders: list[WebhookSender]) -> None:
-    everything = running(receivers, Receiver())
-    critical = running(receivers, Receiver())
+        tmp_path: Path, receivers: list[HttpReceiver], senders: list[WebhookSender]) -> None:
+    everything = running(receivers, webhook_receiver())
+    critical = running(receivers, webhook_receiver())
     sender = make_sender(senders, tmp_path / "webhooks.sqlite3",
                          WebhookTarget(everything.url, SECRET, name="log"),
                          WebhookTarget(critical.url, SECRET + "-2", name="phone",
@@ -546,8 +481,8 @@ def test_two_targets_with_one_name_are_a_config_error(tmp_path: Path) -> None:
 
 
 def test_finished_deliveries_are_pruned_after_a_week(
-        tmp_path: Path, receivers: list[Receiver], senders: list[WebhookSender]) -> None:
-    receiver = running(receivers, Receiver())
+        tmp_path: Path, receivers: list[HttpReceiver], senders: list[WebhookSender]) -> None:
+    receiver = running(receivers, webhook_receiver())
     clock = ManualClock(T0)
     sender = make_sender(senders, tmp_path / "webhooks.sqlite3",
                          WebhookTarget(receiver.url, SECRET), clock=clock)
