@@ -12,8 +12,9 @@ in real time (a reading every 2 s), each with its own data folder and its own TC
 
 Faults come from ``fault_schedule(seed, duration_s, nodes)`` — a pure function — one after the
 other (the next waits until the system has recovered from the last): broker restart, InfluxDB
-stopped, gateway SIGKILL, node SIGKILL, a node's network partitioned (blackholed), a node
-restarted with its clock hours ahead, and a client publishing garbage on a node's topics.
+stopped, gateway SIGKILL, node SIGKILL, a node's network partitioned (blackholed), a running
+node's clock stepped hours ahead or back (set right once the gateway alerts), and a client
+publishing garbage on a node's topics.
 
 At the end the nodes are stopped once their outboxes are empty and the suite compares, node by
 node, the sequence numbers each node took (its own outbox database: the telemetry counter, what
@@ -87,7 +88,10 @@ LONG_RUN_S = 15 * 60          # from this fault-phase length on, outages last lo
 #                               open node_offline alerts (120 s after the Last Will + 30 s job)
 OFFLINE_ALERT_AFTER_S = 120.0 + 30.0 + 20.0   # open delay + alert job period + margin
 KEEPALIVE_DETECT_S = 1.5 * 30                 # broker: 1.5 × the node's 30 s keepalive
-CLOCK_ALERT_AFTER_S = 300.0 + 2 * 30.0 + 60.0  # clock_wrong: 5 min open delay, job, status
+# clock_wrong opens once a node's clock has been over 5 min off for 5 min, judged every 30 s
+# by the alert job from the node's status (which the node sends at once when its clock steps):
+# the longest a clock jump keeps a node's clock wrong, waiting for that alert.
+CLOCK_ALERT_AFTER_S = 300.0 + 2 * 30.0 + 30.0
 PASSWORD = "fallas-de-prueba-2026"
 QUICK_HASHING = {"password_time_cost": 2, "password_memory_kib": 19_456,
                  "password_parallelism": 1}
@@ -99,7 +103,7 @@ class FaultKind(StrEnum):
     GATEWAY_KILL = "gateway_kill"       # SIGKILL to the gateway's process group, restarted
     NODE_KILL = "node_kill"             # SIGKILL to one node, restarted later
     PARTITION = "partition"             # one node's network blackholed, then back
-    CLOCK_JUMP = "clock_jump"           # one node restarted with its clock hours ahead
+    CLOCK_JUMP = "clock_jump"           # one running node's clock stepped ± hours, then back
     GARBAGE = "garbage"                 # hostile payloads on one node's topics
 
 
@@ -107,16 +111,21 @@ NODE_FAULTS = frozenset({FaultKind.NODE_KILL, FaultKind.PARTITION, FaultKind.CLO
                          FaultKind.GARBAGE})
 SYSTEM_TARGET = {FaultKind.BROKER_RESTART: "broker", FaultKind.INFLUXDB_DOWN: "influxdb",
                  FaultKind.GATEWAY_KILL: "gateway"}
-# (shortest, longest) duration in seconds per kind: a clock jump's is its restart, garbage's
-# its burst. Long runs: outages long enough for the offline alert; InfluxDB down for minutes.
+# (shortest, longest) duration in seconds per kind: a clock jump's is the longest its clock
+# stays wrong (it is set right as soon as clock_wrong opens, after ~5.5 min; it needs a run of
+# 7 minutes or more), garbage's its burst. Long runs: outages long enough for the offline
+# alert; InfluxDB down for minutes.
+CLOCK_HOLD_S = (CLOCK_ALERT_AFTER_S, CLOCK_ALERT_AFTER_S)
 DURATIONS_LONG: dict[FaultKind, tuple[float, float]] = {
     FaultKind.BROKER_RESTART: (5, 15), FaultKind.INFLUXDB_DOWN: (90, 150),
     FaultKind.GATEWAY_KILL: (5, 20), FaultKind.NODE_KILL: (180, 220),
-    FaultKind.PARTITION: (230, 260), FaultKind.CLOCK_JUMP: (1, 3), FaultKind.GARBAGE: (10, 20)}
+    FaultKind.PARTITION: (230, 260), FaultKind.CLOCK_JUMP: CLOCK_HOLD_S,
+    FaultKind.GARBAGE: (10, 20)}
 DURATIONS_SHORT: dict[FaultKind, tuple[float, float]] = {
     FaultKind.BROKER_RESTART: (2, 4), FaultKind.INFLUXDB_DOWN: (8, 12),
     FaultKind.GATEWAY_KILL: (2, 4), FaultKind.NODE_KILL: (4, 8),
-    FaultKind.PARTITION: (8, 15), FaultKind.CLOCK_JUMP: (1, 2), FaultKind.GARBAGE: (2, 3)}
+    FaultKind.PARTITION: (8, 15), FaultKind.CLOCK_JUMP: CLOCK_HOLD_S,
+    FaultKind.GARBAGE: (2, 3)}
 SETTLE_LONG_S = 60.0    # planned time after each fault for the system to recover
 SETTLE_SHORT_S = 8.0
 JUMPS_H = (3.0, 6.0, 9.0)
@@ -135,10 +144,10 @@ class Fault:
     kind: FaultKind
     target: str            # a node id, or "broker", "influxdb", "gateway"
     duration_s: float
-    jump_h: float = 0.0    # clock_jump: how far ahead the node's clock restarts
+    jump_h: float = 0.0    # clock_jump: hours the node's clock steps (+ ahead, - back)
 
     def describe(self) -> str:
-        extra = f", clock +{self.jump_h:g} h" if self.kind is FaultKind.CLOCK_JUMP else ""
+        extra = f", clock {self.jump_h:+g} h" if self.kind is FaultKind.CLOCK_JUMP else ""
         return f"{self.kind.value} {self.target} ({self.duration_s:g} s{extra})"
 
 
@@ -149,7 +158,8 @@ def fault_schedule(seed: int, duration_s: float, nodes: Sequence[str],
     duration and nodes always give the same schedule. Runs of ``LONG_RUN_S`` or more use the
     long durations (node outages long enough for ``node_offline``), shorter runs the short
     ones. Node faults pick a node at random, never the one the previous node fault hit when
-    there is another."""
+    there is another. Clock jumps alternate forward and back (the first's direction drawn
+    from the seed), so that two of them try both."""
     if duration_s <= 0:
         raise ValueError(f"duration_s must be > 0, got {duration_s!r}")
     if not nodes:
@@ -157,6 +167,8 @@ def fault_schedule(seed: int, duration_s: float, nodes: Sequence[str],
     if not kinds:
         raise ValueError("fault_schedule needs at least one fault kind")
     rng = random.Random(seed)
+    # a generator of its own: the rest of the schedule stays what it was without directions
+    direction = random.Random(f"{seed}-clock-jump").choice((1.0, -1.0))
     long_run = duration_s >= LONG_RUN_S
     ranges = DURATIONS_LONG if long_run else DURATIONS_SHORT
     settle = SETTLE_LONG_S if long_run else SETTLE_SHORT_S
@@ -178,7 +190,10 @@ def fault_schedule(seed: int, duration_s: float, nodes: Sequence[str],
                 last_node = target
             else:
                 target = SYSTEM_TARGET[kind]
-            jump = rng.choice(JUMPS_H) if kind is FaultKind.CLOCK_JUMP else 0.0
+            jump = 0.0
+            if kind is FaultKind.CLOCK_JUMP:
+                jump = rng.choice(JUMPS_H) * direction
+                direction = -direction
             faults.append(Fault(round(cursor, 1), kind, target, duration, jump))
             cursor += duration + settle
             added = True
@@ -281,6 +296,7 @@ class NodeProcess:
         self.config_file = folder / f"{self.node_id}.toml"
         self.log_file = folder / f"{self.node_id}.log"
         self.data_dir = self.folder / "data"
+        self.clock_offset_file = self.folder / "clock-offset.txt"
         self.index = index
         self.broker_url = broker_url
         self.reading_every_s = reading_every_s
@@ -294,10 +310,19 @@ class NodeProcess:
                  "status_interval_s": max(5.0, 6 * self.reading_every_s),
                  "mqtt": {"broker": self.broker_url, "protocol": "5"}}
         # Real time (speed 1): the node's clock is right, as a node with NTP; only the
-        # clock_jump fault makes it wrong. A restart passes ``start`` = now (or the jump).
+        # clock_jump fault makes it wrong, stepping it while it runs through its clock
+        # offset file (docs/simulator.md). A restart passes ``start`` = now.
         data["simulation"] |= {"seed": self.index, "speed": 1.0,
-                               "start": start.isoformat(), "start_batch": True}
+                               "start": start.isoformat(), "start_batch": True,
+                               "clock_offset_file": str(self.clock_offset_file)}
         self.config_file.write_text(tomli_w.dumps(data), encoding="utf-8")
+
+    def set_clock_offset(self, seconds: float) -> None:
+        """Step the running node's clock to ``seconds`` off true time (0: right again); the
+        file is replaced in one rename, so the node never reads it half written."""
+        part = self.clock_offset_file.with_name(self.clock_offset_file.name + ".part")
+        part.write_text(f"{seconds:+.0f}\n", encoding="utf-8")
+        os.replace(part, self.clock_offset_file)
 
     def simulated_now(self) -> datetime | None:
         """Where the node's clock was when it last saved it (``simulated-time.txt``)."""
@@ -611,6 +636,7 @@ class FaultResult:
     signals: list[str] = field(default_factory=list)  # what raised the alarm
     missed: list[str] = field(default_factory=list)   # an expected alarm that did not come
     notes: list[str] = field(default_factory=list)
+    clock_alert: dict[str, Any] | None = None  # clock_jump: the alert as first seen
 
 
 @dataclass
@@ -846,17 +872,79 @@ class FaultSuite:
                 "silent link, no byte passes" if style == "blackhole"
                 else "connection reset, new ones refused"))
         elif kind is FaultKind.CLOCK_JUMP:
-            node = self.nodes[fault.target]
-            node.terminate()
-            node.wait_stopped()
-            time.sleep(fault.duration_s)
-            before = datetime.now(UTC)
-            after = before + timedelta(hours=fault.jump_h)
-            node.write_config(after)  # e.g. a Pi without RTC and NTP, a wrong manual setting
-            node.start()
-            result.notes.append(f"node clock {before:%d %H:%M} → {after:%d %H:%M} UTC")
+            self._clock_jump(fault, result)
         elif kind is FaultKind.GARBAGE:
             self._garbage(fault, result)
+
+    def _clock_jump(self, fault: Fault, result: FaultResult) -> None:
+        """Step a running node's clock by ``fault.jump_h`` (a Pi without RTC and a bad time
+        server, a wrong ``date -s``), keep it wrong until the gateway's ``clock_wrong`` alert
+        about it opens — at most ``fault.duration_s`` — then set it right, as NTP would. The
+        node keeps running and measuring throughout."""
+        node = self.nodes[fault.target]
+        jump = timedelta(hours=fault.jump_h)
+        before = datetime.now(UTC)
+        node.set_clock_offset(jump.total_seconds())
+        deadline = result.started + fault.duration_s
+        known_s: float | None = None
+        with self._api() as client:
+            while time.monotonic() < deadline:
+                if known_s is None and self._gateway_has_clock(client, node.node_id, jump):
+                    known_s = time.monotonic() - result.started
+                result.clock_alert = self._clock_alert(client, node.node_id,
+                                                       result.started_utc)
+                if result.clock_alert is not None:
+                    break
+                time.sleep(1.0 if known_s is None else 3.0)
+        node.set_clock_offset(0)
+        result.notes.append(
+            f"node clock stepped {fault.jump_h:+g} h while running ({before:%d %H:%M} → "
+            f"{before + jump:%d %H:%M} UTC), set right after "
+            f"{time.monotonic() - result.started:.0f} s; the gateway "
+            + (f"had its new time after {known_s:.0f} s (status sent_at in GET /api/nodes)"
+               if known_s is not None else "never showed its new time (GET /api/nodes)"))
+
+    @contextlib.contextmanager
+    def _api(self) -> Iterator[httpx.Client]:
+        """An HTTP client of the gateway's API, logged in as the suite's operator."""
+        assert self.gateway is not None
+        with httpx.Client(base_url=self.gateway.url, timeout=10) as client:
+            client.post("/api/auth/login", json={"username": "fallas", "password": PASSWORD}
+                        ).raise_for_status()
+            yield client
+
+    @staticmethod
+    def _gateway_has_clock(client: httpx.Client, node: str, jump: timedelta) -> bool:
+        """Whether the node's latest status the gateway holds carries the stepped clock
+        (``sent_at`` about ``jump`` off the suite's clock; a status is at most one status
+        interval old)."""
+        try:
+            answer = client.get(f"/api/nodes/{SITE}/{node}")
+            sent_at = datetime.fromisoformat(answer.json()["status"]["sent_at"])
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            return False
+        return abs(sent_at - datetime.now(UTC) - jump) < timedelta(minutes=2)
+
+    @staticmethod
+    def _clock_alert(client: httpx.Client, node: str, since: datetime) -> dict[str, Any] | None:
+        """The node's clock_wrong alert raised for a jump at ``since``: opened since, or open
+        from an earlier jump and updated since (a close is no alarm); None if there is none."""
+        try:
+            answer = client.get("/api/alerts", params={
+                "state": "all", "limit": 100, "site_id": SITE, "node_id": node,
+                "kind": AlertKind.CLOCK_WRONG.value})
+            answer.raise_for_status()
+            alerts: list[dict[str, Any]] = answer.json()
+        except (httpx.HTTPError, ValueError):
+            return None
+        for alert in alerts:
+            if alert["kind"] != AlertKind.CLOCK_WRONG.value:
+                continue
+            if datetime.fromisoformat(alert["opened_at"]) >= since or (
+                    alert["closed_at"] is None
+                    and datetime.fromisoformat(alert["updated_at"]) >= since):
+                return alert
+        return None
 
     def _garbage(self, fault: Fault, result: FaultResult) -> None:
         rng = random.Random(f"{self.seed}-{fault.at_s}")
@@ -905,8 +993,8 @@ class FaultSuite:
         is stored without a gap (a restarted node: until one of its new readings is)."""
         fault, end = result.fault, result.ended
         reconnects = fault.kind in (FaultKind.BROKER_RESTART, FaultKind.NODE_KILL,
-                                    FaultKind.PARTITION, FaultKind.CLOCK_JUMP)
-        restarted = fault.kind in (FaultKind.NODE_KILL, FaultKind.CLOCK_JUMP)
+                                    FaultKind.PARTITION)
+        restarted = fault.kind is FaultKind.NODE_KILL
         targets: dict[str, int] = {}
         deadline = end + self.recover_timeout_s
         for node in self._affected(fault):
@@ -1007,9 +1095,10 @@ class FaultSuite:
                 else:
                     result.missed.append("/api/health and /metrics do not say the gateway "
                                          "lost its broker")
-            elif fault.kind in (FaultKind.NODE_KILL, FaultKind.PARTITION,
-                                FaultKind.CLOCK_JUMP):
+            elif fault.kind in (FaultKind.NODE_KILL, FaultKind.PARTITION):
                 self._judge_node(result, window, alerts)
+            elif fault.kind is FaultKind.CLOCK_JUMP:
+                self._judge_clock(result, window, alerts)
 
     def _judge_influxdb(self, result: FaultResult, during: list[Sample]) -> None:
         if any(s.health == "degraded" for s in during):
@@ -1037,7 +1126,7 @@ class FaultSuite:
         if down:
             result.signals.append(f"node offline after {down[0].at - result.started:.0f} s "
                                   "(Last Will or its own offline status; cacao_node_up 0)")
-        elif fault.kind is not FaultKind.CLOCK_JUMP:
+        else:
             result.missed.append("never shown offline")
         opened = [a for a in alerts if a["node_id"] == node and a["kind"] == "node_offline"
                   and result.started_utc <= datetime.fromisoformat(a["opened_at"])
@@ -1047,24 +1136,36 @@ class FaultSuite:
         if opened:
             at = datetime.fromisoformat(opened[0]["opened_at"]) - result.started_utc
             result.signals.append(f"node_offline alert opened after {at.total_seconds():.0f} s")
-        elif fault.kind is not FaultKind.CLOCK_JUMP and fault.duration_s >= needed:
+        elif fault.duration_s >= needed:
             result.missed.append("no node_offline alert")
-        if fault.kind is FaultKind.CLOCK_JUMP:
-            self._judge_clock(result, alerts)
 
-    def _judge_clock(self, result: FaultResult, alerts: list[dict[str, Any]]) -> None:
-        node = result.fault.target
-        opened = [a for a in alerts if a["node_id"] == node and a["kind"] == "clock_wrong"
-                  and datetime.fromisoformat(a["opened_at"]) >= result.started_utc]
-        if opened:
-            at = datetime.fromisoformat(opened[0]["opened_at"]) - result.started_utc
-            result.signals.append(f"clock_wrong alert opened after {at.total_seconds():.0f} s")
-        elif "clock_wrong" not in {kind.value for kind in AlertKind}:
-            result.notes.append("no alert: the gateway has no rule for a node's wrong clock")
-        elif time.monotonic() - result.ended >= CLOCK_ALERT_AFTER_S:
-            result.missed.append("no clock_wrong alert")
+    def _judge_clock(self, result: FaultResult, window: list[Sample],
+                     alerts: list[dict[str, Any]]) -> None:
+        """A clock jump's alarm is the node's ``clock_wrong`` alert, as the suite saw it while
+        it held the jump: opened after the jump, or (one still open from an earlier jump)
+        updated for it. The node must stay online throughout."""
+        fault, started = result.fault, result.started_utc
+        alert = result.clock_alert
+        if alert is None:
+            result.missed.append(f"no clock_wrong alert in {fault.duration_s:.0f} s")
+        elif datetime.fromisoformat(alert["opened_at"]) >= started:
+            at = datetime.fromisoformat(alert["opened_at"]) - started
+            result.signals.append(f"clock_wrong alert opened after {at.total_seconds():.0f} s "
+                                  f"(\"{alert['message'].split(':')[0]}\")")
         else:
-            result.notes.append("the run ended before a clock_wrong alert could open (5 min)")
+            at = datetime.fromisoformat(alert["updated_at"]) - started
+            result.signals.append("clock_wrong alert (open since an earlier jump) updated "
+                                  f"after {at.total_seconds():.0f} s")
+        final = [a for a in alerts if alert is not None and a["alert_id"] == alert["alert_id"]]
+        if final and final[0]["closed_at"]:
+            closed = datetime.fromisoformat(final[0]["closed_at"]) - started
+            result.notes.append(f"clock_wrong closed {closed.total_seconds():.0f} s after the "
+                                "jump (once the clock was right for 5 min)")
+        down = [s for s in window
+                if s.metrics and s.metrics["node_up"].get(fault.target) == 0.0]
+        if down:
+            result.notes.append(f"**node shown offline after {down[0].at - result.started:.0f} "
+                                "s** (a clock step should not disconnect it)")
 
 
 # --- output --------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from cacao_dryer import __version__
-from cacao_dryer.clock import Clock
+from cacao_dryer.clock import Clock, stepped_s
 from cacao_dryer.contract import (
     MAX_PAYLOAD_BYTES,
     Alarm,
@@ -89,6 +89,69 @@ class Publisher:
     def publish_direct(self, topic_name: str, payload: bytes, qos: int, retain: bool) -> None: ...
 
     def subscribe(self, topic_name: str, handler: Callable[[str, bytes], None]) -> None: ...
+
+
+# A step of the clock smaller than this is not worth rescheduling for (NTP slews the clock
+# by milliseconds; it steps it when it is more than 128 ms off).
+MIN_CLOCK_STEP = timedelta(seconds=1)
+
+
+def clock_step(before_s: float | None, after_s: float | None) -> tuple[timedelta, float | None]:
+    """The clock step between two readings of ``stepped_s()`` (zero below ``MIN_CLOCK_STEP``
+    or when the clock cannot tell), and the reading to compare with next time. A step too
+    small to count is carried over, so that slow drift never adds up unseen."""
+    if before_s is None or after_s is None:
+        return timedelta(0), after_s
+    step = timedelta(seconds=after_s - before_s)
+    if abs(step) < MIN_CLOCK_STEP:
+        return timedelta(0), before_s
+    return step, after_s
+
+
+@dataclass(frozen=True)
+class Timetable:
+    """When the loop takes its next reading and sends its next status (node clock)."""
+
+    next_sample: datetime
+    next_status: datetime
+
+
+@dataclass(frozen=True)
+class TickPlan:
+    take_sample: bool
+    send_status: bool
+    due: Timetable  # after this tick
+
+
+def plan_tick(now: datetime, due: Timetable, sample_every: timedelta, status_every: timedelta,
+              stepped_by: timedelta = timedelta(0)) -> TickPlan:
+    """What one tick of the loop does and what is due next. Pure.
+
+    A clock step the clock reported (``stepped_by``) moves the readings' timetable with it —
+    the readings stay ``sample_every`` apart, none is taken twice or skipped — and sends a
+    status at once: the gateway measures a node's clock offset from its status, and a status
+    now tells it minutes earlier. A step nobody reported (a clock that cannot tell) is caught
+    all the same: a time more than one interval away is brought to now (never wait for a time
+    that moved away, or control would stall for as long as the step), and a loop that fell
+    behind (a forward step, a slow machine, a pause) takes one reading, never a burst.
+    """
+    next_sample, next_status = due.next_sample, due.next_status
+    if stepped_by:
+        next_sample += stepped_by
+        next_status = now
+    if next_sample - now > sample_every:
+        next_sample = now
+    if next_status - now > status_every:
+        next_status = now
+    take_sample = now >= next_sample
+    if take_sample:
+        next_sample += sample_every
+        if next_sample <= now:
+            next_sample = now + sample_every
+    send_status = now >= next_status
+    if send_status:
+        next_status = now + status_every
+    return TickPlan(take_sample, send_status, Timetable(next_sample, next_status))
 
 
 class NodeAgent:
@@ -208,30 +271,41 @@ class NodeAgent:
         self._guarded(self.emit, EventType.BOOT, f"node started (firmware {__version__}, "
                       f"config version {self.config_version})", boot)
         self._watchdog.notify("READY=1")
+        stepped = stepped_s(self.clock)
         now = self.clock.now()
-        next_sample, next_status = now, now + status_every
+        due = Timetable(next_sample=now, next_status=now + status_every)
         tick_s = self._tick_seconds()
         while not stop.is_set():
+            stepped_by, stepped = clock_step(stepped, stepped_s(self.clock))
             now = self.clock.now()
-            # The wall clock can step (NTP after a boot without RTC, a technician): never wait
-            # for a time that moved away, or control would stall for as long as the step.
-            if next_sample - now > sample_every:
-                next_sample = now
-            if next_status - now > status_every:
-                next_status = now
+            if stepped_by:
+                self._guarded(self.clock_stepped, stepped_by, now)
+            plan = plan_tick(now, due, sample_every, status_every, stepped_by)
+            due = plan.due
             self._guarded(self.step, now)
-            if now >= next_sample:
+            if plan.take_sample:
                 self._guarded(self.cycle, now)
-                next_sample += sample_every
-                if next_sample <= now:  # fell behind (slow machine, paused): don't burst
-                    next_sample = now + sample_every
-            if now >= next_status:
+            if plan.send_status:
                 self._guarded(self.report_overflow)
                 self._guarded(self.publish_status)
-                next_status = now + status_every
             self._watchdog.ping()
             self.clock.sleep(tick_s)
         self._watchdog.notify("STOPPING=1")
+
+    def clock_stepped(self, step: timedelta, now: datetime) -> None:
+        """The node's clock stepped (NTP after a boot without RTC, a wrong time server, a
+        technician): what the node timed keeps its real length — a manual override ends
+        when it was asked to, the sensor values the controller holds keep their age. The
+        controller's own minimum times are its business (``decide`` restarts them after a
+        step back). The loop reschedules by itself
+        (``plan_tick``) and sends a status at once, from which the gateway measures the new
+        offset."""
+        log.warning("clock stepped %s: now %s", _signed_duration(step), now.isoformat())
+        if self.override is not None:
+            self.override = replace(self.override,
+                                    expires_at=self.override.expires_at + step)
+        self.latest = {key: replace(seen, at=seen.at + step)
+                       for key, seen in self.latest.items()}
 
     def _guarded(self, action: Callable[..., Any], *args: Any) -> None:
         try:
@@ -635,6 +709,17 @@ class NodeAgent:
 
 class CommandRejected(CacaoDryerError, ValueError):
     """A command was understood but cannot be carried out (reason in the message)."""
+
+
+def _signed_duration(step: timedelta) -> str:
+    seconds = step.total_seconds()
+    sign = "+" if seconds >= 0 else "-"
+    seconds = abs(seconds)
+    if seconds < 120:
+        return f"{sign}{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{sign}{seconds / 60:.1f} min"
+    return f"{sign}{seconds / 3600:.2f} h"
 
 
 def _pct(value: float | None) -> str:

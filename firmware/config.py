@@ -203,6 +203,11 @@ class SimulationConfig(_Section):
     load_kg: float = Field(400.0, gt=0, le=2000)
     initial_moisture_pct_wb: float = Field(56.0, ge=10, le=80)
     start_batch: bool = Field(True, description="Start a batch at boot (demo)")
+    clock_offset_file: Path | None = Field(
+        None, description="File saying how far this node's clock is off true time (+6h, "
+        "-3h, -10800; missing or empty: 0). Read twice a second while running: writing it "
+        "steps the clock under way, as NTP or a wrong manual setting steps a Pi's "
+        "(docs/simulator.md). Relative to the config file's folder")
 
 
 class NodeSettings(_Section):
@@ -258,6 +263,9 @@ class NodeSettings(_Section):
             else:
                 claim(vent.open_pin, f"vent {vent.name!r}")
                 claim(vent.close_pin, f"vent {vent.name!r}")
+        if not self.simulated and self.simulation.clock_offset_file is not None:
+            raise ValueError("simulation.clock_offset_file steps a simulated node's clock; this "
+                             "node is not simulated (a real node keeps the system clock)")
         dhts = [s for s in self.sensors if isinstance(s, DhtSensorConfig)]
         locations = [s.location for s in dhts]
         for location in ("inside", "ambient"):
@@ -338,8 +346,14 @@ def parse_node_config(data: dict[str, object], source: str = "node config") -> N
 
 
 def load_node_config(path: Path) -> NodeSettings:
-    """Read and validate a node TOML file. Relative ``data_dir`` is relative to the file."""
+    """Read and validate a node TOML file. Relative ``data_dir`` and
+    ``simulation.clock_offset_file`` are relative to the file's folder."""
     settings = parse_node_config(read_toml(path), str(path))
     if not settings.data_dir.is_absolute():
         settings = settings.model_copy(update={"data_dir": path.parent / settings.data_dir})
+    offset_file = settings.simulation.clock_offset_file
+    if offset_file is not None and not offset_file.is_absolute():
+        simulation = settings.simulation.model_copy(
+            update={"clock_offset_file": path.parent / offset_file})
+        settings = settings.model_copy(update={"simulation": simulation})
     return settings

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from cacao_dryer.clock import AcceleratedClock, Clock, SystemClock
+from cacao_dryer.clock import AcceleratedClock, Clock, OffsetClock, SystemClock
 from cacao_dryer.contract import Channel, NodeState, StartBatchAction, topic
 from firmware.agent import NodeAgent
 from firmware.config import NodeSettings
@@ -30,35 +30,54 @@ log = logging.getLogger("cacao_dryer.node")
 @dataclass
 class Node:
     settings: NodeSettings
-    clock: Clock
+    clock: Clock          # the node's own clock (a simulated node's may be stepped)
     agent: NodeAgent
     outbox: Outbox
     link: MqttLink
     model: Any | None = None  # firmware.simulation.dryer.DryerModel when simulated
 
 
-def _simulation(settings: NodeSettings, clock: Clock | None) -> tuple[Clock, Any, Any, Any]:
+@dataclass
+class _SimulatedDryer:
+    """A simulated node's world: the dryer model and chips run on true time (``world``); the
+    node itself on ``clock``, true time plus an offset that ``offset_file`` may step."""
+
+    world: Clock
+    clock: OffsetClock
+    model: Any      # firmware.simulation.dryer.DryerModel
+    chips: Any      # firmware.simulation.chips.SimulatedChips
+    pin_factory: Any
+    offset_file: Any | None  # firmware.simulation.clock_offset.ClockOffsetFile
+
+
+def _simulation(settings: NodeSettings, world: Clock | None) -> _SimulatedDryer:
     from gpiozero.pins.mock import MockFactory, MockPWMPin
 
     from firmware.simulation.chips import SimulatedChips
+    from firmware.simulation.clock_offset import ClockOffsetFile
     from firmware.simulation.dryer import DryerModel
     from firmware.simulation.weather import Weather
 
     sim = settings.simulation
-    if clock is None:
+    if world is None:
         start = (datetime.fromisoformat(sim.start) if sim.start else SystemClock().now())
         resume = StateStore(settings.data_dir).load_simulated_time()
         if resume is not None and resume > start:
             start = resume + timedelta(seconds=1)  # continue; never go back in time
-        clock = AcceleratedClock(start, sim.speed)
-    now = clock.now()
+        world = AcceleratedClock(start, sim.speed)
+    clock = OffsetClock(world)
+    offset_file = None
+    if sim.clock_offset_file is not None:
+        offset_file = ClockOffsetFile(sim.clock_offset_file, clock)
+        offset_file.poll()  # a node may boot with its clock wrong already
+    now = world.now()
     weather = Weather(seed=sim.seed, utc_offset_h=settings.utc_offset_h)
     model = DryerModel(weather, kind=sim.dryer, load_kg=sim.load_kg,
                        initial_moisture_pct_wb=sim.initial_moisture_pct_wb, start=now,
                        seed=sim.seed)
-    chips = SimulatedChips(model, clock, seed=sim.seed)
+    chips = SimulatedChips(model, world, seed=sim.seed)
     pin_factory = MockFactory(pin_class=MockPWMPin)
-    return clock, model, chips, pin_factory
+    return _SimulatedDryer(world, clock, model, chips, pin_factory, offset_file)
 
 
 def open_outbox(settings: NodeSettings, store: StateStore) -> Outbox:
@@ -91,10 +110,13 @@ def open_outbox(settings: NodeSettings, store: StateStore) -> Outbox:
 
 
 def build_node(settings: NodeSettings, clock: Clock | None = None) -> Node:
+    """The node ``settings`` describe. ``clock``: true time (default: the system clock, or
+    for a simulated node accelerated time from ``simulation.start``)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    model = chips = pin_factory = None
+    simulated = chips = pin_factory = None
     if settings.simulated:
-        clock, model, chips, pin_factory = _simulation(settings, clock)
+        simulated = _simulation(settings, clock)
+        clock, chips, pin_factory = simulated.clock, simulated.chips, simulated.pin_factory
     else:
         from firmware.drivers.real_chips import RealChips
 
@@ -109,12 +131,14 @@ def build_node(settings: NodeSettings, clock: Clock | None = None) -> Node:
     outbox = open_outbox(settings, store)
 
     on_tick = on_batch_start = None
-    if model is not None:
-        on_tick = _simulation_tick(model, chips, pin_factory, settings, store)
+    if simulated is not None:
+        on_tick = _simulation_tick(simulated, settings, store)
+        world, model = simulated.world, simulated.model
 
-        def on_batch_start(now: datetime, action: StartBatchAction) -> None:
+        def on_batch_start(_now: datetime, action: StartBatchAction) -> None:
+            # the beans are loaded at the true time, whatever the node's clock says
             model.load_new_batch(action.initial_moisture_pct_wb, settings.simulation.load_kg,
-                                 now)
+                                 world.now())
 
     agent = NodeAgent(settings, clock=clock, hardware=hardware, outbox=outbox,
                       store=store, on_tick=on_tick,
@@ -133,23 +157,30 @@ def build_node(settings: NodeSettings, clock: Clock | None = None) -> Node:
             batch_id=f"lote-{settings.node_id}-{now:%Y%m%d%H%M}"[:40],
             initial_moisture_pct_wb=settings.simulation.initial_moisture_pct_wb), now)
     return Node(settings=settings, clock=clock, agent=agent, outbox=outbox, link=link,
-                model=model)
+                model=simulated.model if simulated is not None else None)
 
 
-def _simulation_tick(model: Any, chips: Any, pin_factory: Any, settings: NodeSettings,
+def _simulation_tick(simulated: _SimulatedDryer, settings: NodeSettings,
                      store: StateStore) -> Any:
+    """Each tick: step the node's clock if its offset file says so, then the dryer physics
+    to true time with the fans and vents as they are."""
     rain_sensors = [s for s in settings.sensors if s.type == "rain"]
+    model, chips, pin_factory = simulated.model, simulated.chips, simulated.pin_factory
     saved_at: list[datetime] = []
 
-    def tick(now: datetime, hardware: DryerHardware) -> None:
-        if not saved_at or (now - saved_at[0]).total_seconds() >= settings.sample_interval_s:
-            store.save_simulated_time(now)
-            saved_at[:] = [now]
+    def tick(_now: datetime, hardware: DryerHardware) -> None:
+        if simulated.offset_file is not None:
+            simulated.offset_file.poll()  # the agent sees the step at its next tick
+        world_now = simulated.world.now()  # the physics never jump with the node's clock
+        if not saved_at or (world_now - saved_at[0]).total_seconds() >= \
+                settings.sample_interval_s:
+            store.save_simulated_time(world_now)  # true time: a restart re-reads the offset
+            saved_at[:] = [world_now]
         fans = hardware.fans
         vents = hardware.vents
         fan_pct = sum(f.speed_pct for f in fans) / len(fans) if fans else 0.0
         vent_pct = sum(v.open_pct for v in vents) / len(vents) if vents else 0.0
-        model.step(now, fan_pct, vent_pct)
+        model.step(world_now, fan_pct, vent_pct)
         for rain in rain_sensors:
             chips.sync_rain_pin(pin_factory, rain)
 

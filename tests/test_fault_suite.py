@@ -26,6 +26,7 @@ import itertools
 from fault_suite import (
     DURATIONS_LONG,
     DURATIONS_SHORT,
+    JUMPS_H,
     LONG_RUN_S,
     NODE_FAULTS,
     SETTLE_SHORT_S,
@@ -85,7 +86,8 @@ def test_node_faults_hit_existing_nodes_never_the_same_twice_in_a_row():
     assert system == {FaultKind.BROKER_RESTART: "broker", FaultKind.INFLUXDB_DOWN: "influxdb",
                       FaultKind.GATEWAY_KILL: "gateway"}
     jumps = [f.jump_h for f in schedule if f.kind is FaultKind.CLOCK_JUMP]
-    assert jumps and all(jump > 0 for jump in jumps)
+    assert len(jumps) >= 2 and {abs(jump) for jump in jumps} <= set(JUMPS_H)
+    assert all(a * b < 0 for a, b in itertools.pairwise(jumps))  # forward and back in turn
 
 
 @pytest.mark.parametrize(("seed", "duration", "nodes", "error"), [
