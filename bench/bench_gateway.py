@@ -25,6 +25,9 @@ machine's own. 100 simulated nodes, QoS 1:
    latency test (steady 1,000 readings/s after the backlog).
 
 ``MALLOC_ARENA_MAX`` and other environment variables are passed on to the gateway as set.
+``BENCH_PROFILE_DIR=<folder>`` runs each gateway under py-spy (``pip install py-spy``, not a
+dependency) and leaves one collapsed-stack file per run there (the CPU columns then include
+py-spy's own ptrace stops, so compare profiles with each other, not with other runs).
 
 The broker config is the test broker's (tests/support/mosquitto.py) with
 ``max_queued_messages`` raised for the backlog and ``max_inflight_messages 1000`` (the Receive
@@ -37,6 +40,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sqlite3
 import statistics
 import subprocess
@@ -104,6 +108,7 @@ class Gateway:
         self.config = folder / "gateway.toml"
         self.config.write_text(tomli_w.dumps(self.data))
         self.process: subprocess.Popen[bytes] | None = None
+        self._profiler: subprocess.Popen[bytes] | None = None
         self.peak_kb: dict[int, int] = {}
         self.peak_sum_kb = 0  # the peak of the live processes' summed VmHWM
         self.peak_pss_kb = 0
@@ -124,9 +129,16 @@ class Gateway:
                            [f"$share/{group}/{base}/{Channel.TELEMETRY.value}"])
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cacao_dryer.cli", "gateway", "run", "--config",
-             str(self.config), "--log-level", "warning"])
+        command = [sys.executable, "-m", "cacao_dryer.cli", "gateway", "run", "--config",
+                   str(self.config), "--log-level", "warning"]
+        self.process = subprocess.Popen(command)
+        profile = os.environ.get("BENCH_PROFILE_DIR")
+        if profile:  # sample every thread with py-spy (pip install py-spy; not a dependency)
+            self._profiler = subprocess.Popen(
+                [str(Path(sys.executable).with_name("py-spy")), "record", "--format", "raw",
+                 "--rate", "250", "--threads", "--subprocesses", "--pid",
+                 str(self.process.pid), "--output",
+                 str(Path(profile) / f"{self.config.parent.name}.txt")])
         self._watch = threading.Thread(target=self._watch_memory, daemon=True)
         self._watch.start()
 
@@ -192,6 +204,9 @@ class Gateway:
 
     def stop(self) -> None:
         assert self.process is not None
+        if self._profiler is not None:  # SIGINT: py-spy writes its samples and exits
+            self._profiler.send_signal(signal.SIGINT)
+            self._profiler.wait(timeout=60)
         self.process.terminate()
         self.process.wait(timeout=60)
 

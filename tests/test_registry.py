@@ -114,6 +114,33 @@ def test_last_seen_follows_any_message(database: MetadataDB, clock: ManualClock)
         assert node is not None and node.last_seen_at == clock.now()
 
 
+def test_readings_refresh_last_seen_at_most_every_few_seconds(database: MetadataDB,
+                                                               clock: ManualClock) -> None:
+    """A batch of readings every fraction of a second does not rewrite every node's row each
+    time: last_seen_at lags by less than LAST_SEEN_EVERY (the offline alert counts minutes);
+    a status or an event always updates it."""
+    from gateway.registry import LAST_SEEN_EVERY
+
+    def last_seen() -> object:
+        with database.session() as session:
+            node = session.get(Node, (SITE, NODE))
+            assert node is not None
+            return node.last_seen_at
+
+    registry = NodeRegistry(database, clock)
+    first = clock.now()
+    registry.batch_received([reading(1, node=NODE, site=SITE)], [], [])
+    clock.advance(LAST_SEEN_EVERY.total_seconds() - 1)
+    registry.batch_received([reading(2, node=NODE, site=SITE)], [], [])
+    assert last_seen() == first
+    clock.advance(1)
+    registry.batch_received([reading(3, node=NODE, site=SITE)], [], [])
+    assert last_seen() == clock.now()
+    clock.advance(1)
+    registry.batch_received([reading(4, node=NODE, site=SITE)], [], [event(1)])
+    assert last_seen() == clock.now()
+
+
 def test_events_are_recorded_once_however_often_they_arrive(database: MetadataDB,
                                                            clock: ManualClock) -> None:
     registry = NodeRegistry(database, clock)
