@@ -21,7 +21,7 @@ from gateway.alert_service import AlertService
 from gateway.api.app import create_app
 from gateway.api.deps import Actor, Role
 from gateway.context import GatewayContext
-from gateway.metadata.models import AlertRecord, AuditEntry, Batch
+from gateway.metadata.models import AlertRecord, AuditEntry, Batch, Node
 from gateway.registry import NodeRegistry
 from gateway.timeseries import StoredReading
 
@@ -122,6 +122,34 @@ def test_missing_readings_raise_a_sequence_gap(gateway: GatewayContext) -> None:
     dryer.run(service, 15, air_temp_c=40.0)
     gap = [a for a in alerts(gateway) if a.kind == "sequence_gap"]
     assert len(gap) == 1 and "2" in gap[0].message
+
+
+def test_gaps_are_read_from_the_store_every_few_minutes_not_every_round(
+        gateway: GatewayContext) -> None:
+    """Reading a node's gaps scans its whole history (InfluxDB): once per GAPS_EVERY_S, not
+    every 30 s. A gap that appears is seen within that time, and alerted
+    gap_open_delay_s later."""
+    from gateway.alert_service import GAPS_EVERY_S
+
+    service = AlertService(gateway)
+    dryer = Dryer(gateway)
+    dryer.reading(40.0, seq=1)
+    node = (SITE, NODE)
+    with gateway.metadata.session() as session:
+        assert service.snapshot(session, session.get(Node, node), gateway.clock.now()
+                                ).missing_seq_ranges == ()
+    dryer.reading(40.0, seq=5)  # 2-4 never arrived: not seen until the next look-up
+    seen_after = None
+    for round_number in range(1, 30):
+        gateway.clock.advance(30)
+        with gateway.metadata.session() as session:
+            missing = service.snapshot(session, session.get(Node, node),
+                                       gateway.clock.now()).missing_seq_ranges
+        if missing:
+            seen_after = round_number * 30
+            assert missing == ((2, 4),)
+            break
+    assert seen_after is not None and 30 < seen_after <= GAPS_EVERY_S + 30
 
 
 def test_waiting_delays_survive_a_gateway_restart(gateway: GatewayContext) -> None:
