@@ -13,6 +13,7 @@ import json
 import re
 from datetime import datetime
 from enum import StrEnum
+from functools import lru_cache
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -81,6 +82,7 @@ def alert_topic(site_id: str, node_id: str, kind: str) -> str:
     return f"{TOPIC_PREFIX}/{site_id}/{node_id}/{Channel.ALERT.value}/{kind}"
 
 
+@lru_cache(maxsize=4096)  # a gateway sees a few topics per node, thousands of times a second
 def parse_topic(name: str) -> tuple[str, str, Channel]:
     """Split a contract topic into (site_id, node_id, channel); TopicError if it is not one.
 

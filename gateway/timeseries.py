@@ -30,7 +30,7 @@ class StoreRejected(CacaoDryerError, ValueError):
     permission, data it cannot store): retrying does not help; fix the configuration."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: its __init__ took a tenth of the gateway's CPU per reading
 class StoredReading:
     """One telemetry message as stored: identity, time, numeric fields and a few labels."""
 
