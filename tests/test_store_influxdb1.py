@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import httpx
 import pytest
+from support import wait_for
 from support.influxd import InfluxDaemon, WalErrorProxy
 from support.mosquitto import free_port
 from support.readings import NODE, SITE, T0, reading, readings
 
+from gateway.stores.influx_common import LATEST_LOOKBACK_NS
 from gateway.stores.influxdb1 import MAX_LINES_PER_REQUEST, InfluxDB1Store
 from gateway.timeseries import StoredReading, StoreRejected, StoreUnavailable, missing_ranges
 
@@ -25,6 +29,42 @@ DB = "cacao"
 def store(influxd: InfluxDaemon) -> Iterator[InfluxDB1Store]:
     with InfluxDB1Store(influxd.url, DB, timeout_s=5) as opened:
         yield opened
+
+
+@pytest.fixture
+def flushing_influxd(tmp_path: Path) -> Iterator[InfluxDaemon]:
+    """A private influxd that moves written points from its in-memory cache into TSM files
+    (blocks of up to 1,000 values, which EXPLAIN ANALYZE counts) once 256 kB are cached,
+    instead of at 25 MB or after 10 idle minutes: a history lies where a long-running
+    server keeps it."""
+    server = InfluxDaemon(tmp_path / "influxd")
+    config, changed = re.subn(r"(?m)^(\s*cache-snapshot-memory-size) = \d+$", r"\1 = 262144",
+                              server.config_file.read_text())
+    assert changed == 1, "influxd's config has no cache-snapshot-memory-size to lower"
+    server.config_file.write_text(config)
+    server.start()
+    yield server
+    server.kill()
+
+
+def blocks_decoded(influxd: InfluxDaemon, statement: str) -> int:
+    """TSM blocks InfluxDB decodes to answer an InfluxQL statement (EXPLAIN ANALYZE)."""
+    answer = influxd.query(f"EXPLAIN ANALYZE {statement}", DB)
+    plan = [row[0] for row in answer["results"][0]["series"][0]["values"]]
+    return sum(int(found[1]) for line in plan
+               if (found := re.search(r"_blocks_decoded: (\d+)", line)))
+
+
+def record_statements(store: InfluxDB1Store) -> list[str]:
+    """The InfluxQL statements the store sends from now on, as seen on the wire."""
+    sent: list[str] = []
+
+    def record(request: httpx.Request) -> None:
+        if request.url.path == "/query":
+            sent.extend(parse_qs(request.content.decode())["q"][0].split(";\n"))
+
+    store._client.event_hooks = {"request": [record]}
+    return sent
 
 
 def stored_points(influxd: InfluxDaemon, node: str = NODE) -> list[tuple[int, int]]:
@@ -309,6 +349,106 @@ def test_latest_many_answers_for_every_dryer_at_once(store: InfluxDB1Store) -> N
                                                          (SITE, "secador-02"): 7}
     assert found[(SITE, "secador-02")] == store.latest(SITE, "secador-02")
     assert store.latest_many([]) == {}
+
+
+def test_latest_many_asks_in_a_few_requests_for_more_nodes_than_one_request_holds(
+        store: InfluxDB1Store) -> None:
+    nodes = [f"secador-{index:03d}" for index in range(150)]  # 300 statements for step 1
+    now = datetime.now(UTC)
+    store.write([reading(index + 1, now, node=node) for index, node in enumerate(nodes)])
+    sent = record_statements(store)
+    found = store.latest_many([(SITE, node) for node in nodes])
+    assert {key[1]: found_reading.seq for key, found_reading in found.items()} == {
+        node: index + 1 for index, node in enumerate(nodes)}
+    assert len(sent) == 150 * 4  # newest + clock lost, the look-back, the reading
+
+
+def test_latest_of_200k_readings_of_history_reads_only_the_newest_blocks(
+        flushing_influxd: InfluxDaemon) -> None:
+    """Months of history (200,000 readings, one a minute for 139 days) and three newer
+    readings: latest and latest_many find the newest, and InfluxDB decodes a handful of
+    blocks for it, not the ~200 blocks per field of the history."""
+    influxd, now = flushing_influxd, datetime.now(UTC)
+    history_end = now - timedelta(hours=2)
+    with InfluxDB1Store(influxd.url, DB, count_duplicates=False) as writer:
+        for first in range(1, 200_001, 50_000):
+            writer.write([reading(seq, history_end - timedelta(minutes=200_000 - seq))
+                          for seq in range(first, first + 50_000)])
+        newer = [reading(200_000 + index, now - timedelta(minutes=40 - 10 * index))
+                 for index in (1, 2, 3)]
+        writer.write([*newer, reading(5, now - timedelta(days=1), node="secador-02")])
+    full_scan = f"SELECT max(seq) FROM dryer_reading WHERE node = '{NODE}'"
+    wait_for(lambda: blocks_decoded(influxd, full_scan) >= 200, 60,
+             "the history to be in TSM files")
+    with InfluxDB1Store(influxd.url, DB) as store:
+        sent = record_statements(store)
+        assert store.latest(SITE, NODE) == newer[-1]
+        assert sum(blocks_decoded(influxd, statement) for statement in sent
+                   if statement.startswith("SELECT")) <= 40
+        found = store.latest_many([(SITE, NODE), (SITE, "secador-02"), (SITE, "secador-99")])
+    assert found == {(SITE, NODE): newer[-1],
+                     (SITE, "secador-02"): reading(5, now - timedelta(days=1),
+                                                   node="secador-02")}
+
+
+def test_latest_after_a_clock_that_ran_ahead_is_the_corrected_reading(
+        store: InfluxDB1Store) -> None:
+    """Readings stamped 8 h ahead stay the newest-stamped points for hours after the
+    clock is corrected: the newer readings have the higher seq."""
+    now = datetime.now(UTC)
+    store.write([reading(seq, now + timedelta(hours=8, seconds=10 * seq)) for seq in (1, 2, 3)])
+    store.write([reading(seq, now - timedelta(seconds=100 - seq)) for seq in (4, 5)])
+    assert store.latest(SITE, NODE) == reading(5, now - timedelta(seconds=95))
+
+
+def test_latest_of_a_clock_still_ahead_is_its_newest_future_reading(
+        store: InfluxDB1Store) -> None:
+    now = datetime.now(UTC)
+    store.write([reading(seq, now - timedelta(minutes=10 - seq)) for seq in (1, 2)])
+    store.write([reading(seq, now + timedelta(days=400, minutes=seq)) for seq in (3, 4)])
+    store.write([reading(seq, now + timedelta(days=3, minutes=seq), node="secador-02")
+                 for seq in (7, 8)])
+    found = store.latest_many([(SITE, NODE), (SITE, "secador-02")])
+    assert {key[1]: r.seq for key, r in found.items()} == {NODE: 4, "secador-02": 8}
+
+
+def test_latest_after_a_restart_at_the_time_fake_hwclock_saved_is_the_new_reading(
+        store: InfluxDB1Store) -> None:
+    """A Pi without a real-time clock restarts at the time saved up to an hour earlier:
+    its new readings are stamped before its last ones."""
+    now = datetime.now(UTC)
+    store.write([reading(seq, now - timedelta(minutes=60 - seq)) for seq in range(1, 51)])
+    store.write([reading(seq, now - timedelta(minutes=55 - seq)) for seq in (51, 52)])
+    assert store.latest(SITE, NODE) == reading(52, now - timedelta(minutes=3))
+
+
+def test_latest_of_a_node_whose_clock_lost_the_time_is_its_newest_reading(
+        store: InfluxDB1Store) -> None:
+    now = datetime.now(UTC)
+    store.write([reading(seq, now - timedelta(minutes=60 - seq)) for seq in range(1, 51)])
+    store.write([reading(seq, datetime(1970, 1, 1, tzinfo=UTC) + timedelta(days=2, seconds=seq))
+                 for seq in (51, 52)])
+    latest = store.latest(SITE, NODE)
+    assert latest is not None and latest.seq == 52
+
+
+def test_latest_of_a_node_silent_for_weeks_is_its_last_reading(store: InfluxDB1Store) -> None:
+    weeks_ago = datetime.now(UTC) - timedelta(weeks=5)
+    store.write([reading(seq, weeks_ago - timedelta(minutes=30 - seq)) for seq in (1, 2, 3)])
+    assert store.latest(SITE, NODE) == reading(3, weeks_ago - timedelta(minutes=27))
+
+
+def test_a_clock_stepped_back_more_than_the_look_back_shows_the_reading_before_the_step(
+        store: InfluxDB1Store) -> None:
+    """The documented limit of a bounded look-up: a node set to a time more than 6 h
+    earlier (after 2020) is shown with its last reading from before the step until its
+    clock passes that reading again. The SQLite store would answer seq 3."""
+    now = datetime.now(UTC)
+    newest_on_time = reading(2, now - timedelta(minutes=10))
+    stepped_back = reading(3, newest_on_time.measured_at - timedelta(
+        microseconds=LATEST_LOOKBACK_NS // 1000, minutes=1))
+    store.write([reading(1, now - timedelta(minutes=20)), newest_on_time, stepped_back])
+    assert store.latest(SITE, NODE) == newest_on_time
 
 
 def test_raw_series_is_every_reading_in_the_half_open_range(store: InfluxDB1Store) -> None:

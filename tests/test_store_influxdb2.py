@@ -17,13 +17,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support.influx2_server import Influx2TestServer, LineProtocolError, parse_line
+from support.influx2_server import STATEMENT, Influx2TestServer, LineProtocolError, parse_line
 from support.mosquitto import free_port
 from support.readings import NODE, SITE, T0, reading, readings
 
 from gateway.config import parse_gateway_config
 from gateway.service import open_store
+from gateway.stores.influx_common import LATEST_LOOKBACK_NS
 from gateway.stores.influxdb2 import InfluxDB2Store, flux_string, parse_annotated_csv
+from gateway.stores.line_protocol import point_time_ns
 from gateway.timeseries import StoredReading, StoreRejected, StoreUnavailable, missing_ranges
 
 ORG, BUCKET, TOKEN = "coop-norte", "cacao", "s3cret-token"
@@ -256,6 +258,93 @@ def test_latest_is_the_highest_seq_even_when_its_clock_is_behind(
                  reading(3, datetime(2000, 1, 1, tzinfo=UTC))])
     latest = store.latest(SITE, NODE)
     assert latest is not None and latest.seq == 3
+
+
+# The server's now() is pinned to NOW: a reading "in the future" is after it.
+NOW = T0 + timedelta(days=40)
+
+
+@pytest.fixture
+def pinned(server: Influx2TestServer) -> Influx2TestServer:
+    server.now_ns = (NOW - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 1000
+    return server
+
+
+def ranges_sent(server: Influx2TestServer) -> list[tuple[str, str]]:
+    """(start, stop) of the range of every Flux statement sent so far, as written."""
+    return [(found["start"] or f"-{found['start_ago_s']}s", found["stop"] or "now()")
+            for query in server.queries()
+            for line in json.loads(query.body)["query"].splitlines()
+            if (found := STATEMENT.fullmatch(line.strip()))]
+
+
+def test_latest_many_answers_for_every_dryer_at_once(store: InfluxDB2Store,
+                                                     pinned: Influx2TestServer) -> None:
+    store.write([reading(1, NOW - timedelta(minutes=5), node="secador-01"),
+                 reading(2, NOW - timedelta(minutes=4), node="secador-01"),
+                 reading(7, NOW - timedelta(days=9), node="secador-02")])
+    found = store.latest_many([(SITE, "secador-01"), (SITE, "secador-02"),
+                               (SITE, "secador-99")])
+    assert {key: r.seq for key, r in found.items()} == {(SITE, "secador-01"): 2,
+                                                         (SITE, "secador-02"): 7}
+    assert found[(SITE, "secador-02")] == store.latest(SITE, "secador-02")
+    assert store.latest_many([]) == {}
+
+
+def test_latest_reads_no_statement_over_the_history_of_a_reporting_node(
+        store: InfluxDB2Store, pinned: Influx2TestServer) -> None:
+    history = [reading(seq, NOW - timedelta(minutes=10 * (3000 - seq))) for seq in range(1, 3001)]
+    store.write(history)  # ~21 days, the newest at NOW
+    already = len(ranges_sent(pinned))
+    assert store.latest(SITE, NODE) == history[-1]
+    oldest_ns = point_time_ns(history[0].measured_at, history[0].seq)
+    sent = ranges_sent(pinned)[already:]
+    assert len(sent) == 4  # the newest, clock lost, the look-back, the reading
+    for start, stop in sent:
+        start_ns = pinned.now_ns - int(start[1:-1]) * 10**9 if start.endswith("s") else int(start)
+        stop_ns = pinned.now_ns if stop == "now()" else int(stop)
+        assert not start_ns <= oldest_ns < stop_ns, f"range({start}, {stop}) reads the history"
+
+
+def test_latest_after_a_clock_that_ran_ahead_is_the_corrected_reading(
+        store: InfluxDB2Store, pinned: Influx2TestServer) -> None:
+    store.write([reading(seq, NOW + timedelta(hours=8, seconds=10 * seq)) for seq in (1, 2, 3)])
+    store.write([reading(seq, NOW - timedelta(seconds=100 - seq)) for seq in (4, 5)])
+    assert store.latest(SITE, NODE) == reading(5, NOW - timedelta(seconds=95))
+
+
+def test_latest_of_a_clock_still_ahead_is_its_newest_future_reading(
+        store: InfluxDB2Store, pinned: Influx2TestServer) -> None:
+    store.write([reading(seq, NOW - timedelta(minutes=10 - seq)) for seq in (1, 2)])
+    store.write([reading(seq, NOW + timedelta(days=400, minutes=seq)) for seq in (3, 4)])
+    store.write([reading(seq, NOW + timedelta(days=3, minutes=seq), node="secador-02")
+                 for seq in (7, 8)])
+    found = store.latest_many([(SITE, NODE), (SITE, "secador-02")])
+    assert {key[1]: r.seq for key, r in found.items()} == {NODE: 4, "secador-02": 8}
+
+
+def test_latest_after_a_restart_at_the_time_fake_hwclock_saved_is_the_new_reading(
+        store: InfluxDB2Store, pinned: Influx2TestServer) -> None:
+    store.write([reading(seq, NOW - timedelta(minutes=60 - seq)) for seq in range(1, 51)])
+    store.write([reading(seq, NOW - timedelta(minutes=55 - seq)) for seq in (51, 52)])
+    assert store.latest(SITE, NODE) == reading(52, NOW - timedelta(minutes=3))
+
+
+def test_latest_of_a_node_silent_for_weeks_is_its_last_reading(
+        store: InfluxDB2Store, pinned: Influx2TestServer) -> None:
+    weeks_ago = NOW - timedelta(weeks=5)
+    store.write([reading(seq, weeks_ago - timedelta(minutes=30 - seq)) for seq in (1, 2, 3)])
+    assert store.latest(SITE, NODE) == reading(3, weeks_ago - timedelta(minutes=27))
+
+
+def test_a_clock_stepped_back_more_than_the_look_back_shows_the_reading_before_the_step(
+        store: InfluxDB2Store, pinned: Influx2TestServer) -> None:
+    """As on 1.x: the documented limit of the bounded look-up (SQLite would answer 3)."""
+    newest_on_time = reading(2, NOW - timedelta(minutes=10))
+    stepped_back = reading(3, newest_on_time.measured_at - timedelta(
+        microseconds=LATEST_LOOKBACK_NS // 1000, minutes=1))
+    store.write([reading(1, NOW - timedelta(minutes=20)), newest_on_time, stepped_back])
+    assert store.latest(SITE, NODE) == newest_on_time
 
 
 def test_raw_series_is_every_reading_in_the_half_open_range(store: InfluxDB2Store) -> None:

@@ -4,8 +4,9 @@
 ``InfluxDB2Store`` (``influxdb2.py``): checking and encoding a batch (the line protocol of
 ``line_protocol.py``), asking which of its points already exist, remembering the readings of a
 failed write so their retry counts them as new, posting in requests of at most
-``MAX_LINES_PER_REQUEST`` lines, and mapping HTTP answers and errors to ``StoreUnavailable``
-(retry) or ``StoreRejected`` (retrying cannot help). Each store adds only what differs: its
+``MAX_LINES_PER_REQUEST`` lines, mapping HTTP answers and errors to ``StoreUnavailable``
+(retry) or ``StoreRejected`` (retrying cannot help), and finding each node's latest reading
+without reading its whole history (``latest_many``). Each store adds only what differs: its
 endpoints and credentials, its query language (InfluxQL or Flux) and how it reads answers.
 The guarantees themselves are described in ``influxdb1.py`` and ``docs/storage.md``.
 """
@@ -18,7 +19,8 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, NoReturn, Self, TypeVar
 from urllib.parse import urlsplit
 
@@ -30,6 +32,7 @@ from gateway.stores.line_protocol import (
     ALARMS_FIELD,
     BATCH_FIELD,
     LABEL_FIELDS,
+    MIN_TIME_NS,
     MODE_FIELD,
     RAINING_FIELD,
     SEQ_FIELD,
@@ -52,6 +55,14 @@ MAX_LINES_PER_REQUEST = 10_000      # ~3 MB of line protocol; influxd's max-body
 MAX_STATEMENTS_PER_QUERY = 200      # statements sent in one query request
 EXISTING_GAP_NS = 3600 * 10**9      # a batch's points further apart are looked up separately
 UNCONFIRMED_MAX = 1_000_000         # failed-write readings remembered for counting
+# latest() (docs/storage.md, "latest without reading the history"): a node's newest reading
+# is first looked for in the last RECENT_S; its highest seq from LATEST_LOOKBACK_NS before
+# that newest reading on, and among the readings stamped before CLOCK_LOST_BEFORE_NS (a
+# clock that lost the time: 1970 without a clock source, 2000-01-01 from a real-time-clock
+# chip whose battery died).
+RECENT_S = 86_400
+LATEST_LOOKBACK_NS = 6 * 3600 * 10**9
+CLOCK_LOST_BEFORE_NS = time_ns(datetime(2020, 1, 1, tzinfo=UTC))
 
 Key = tuple[str, str, int, int]  # site, node, seq, point time [ns]
 Row = dict[str, Any]
@@ -164,6 +175,30 @@ def stored_reading(site_id: str, node_id: str, at_ns: int, values: Mapping[str, 
         batch_id=values.get(BATCH_FIELD))
 
 
+@dataclass(frozen=True)
+class SeqAt:
+    """A stored point's seq and time [ns]: a candidate for a node's latest reading."""
+
+    seq: int
+    at_ns: int
+
+
+def lookback_start_ns(newest_ns: int) -> int:
+    """Where ``latest`` looks for a node's highest seq: LATEST_LOOKBACK_NS before its newest
+    reading stamped at or before the present (clamped to InfluxDB's earliest time)."""
+    return max(MIN_TIME_NS, newest_ns - LATEST_LOOKBACK_NS)
+
+
+def highest_seq(candidates: Iterable[SeqAt | None]) -> SeqAt | None:
+    """The candidate with the highest seq (of equal seqs, the newest-stamped); None if none.
+
+    >>> highest_seq([SeqAt(7, 100), None, SeqAt(9, 50), SeqAt(9, 60)])
+    SeqAt(seq=9, at_ns=60)
+    """
+    return max((c for c in candidates if c is not None), key=lambda c: (c.seq, c.at_ns),
+               default=None)
+
+
 def error_text(response: httpx.Response, key: str) -> str:
     """InfluxDB's one-line error (the ``key`` of its JSON answer), else the start of the
     body."""
@@ -181,7 +216,9 @@ class InfluxStore:
     """The part of a ``TimeSeriesStore`` on InfluxDB that does not depend on its version.
 
     Subclasses set the class attributes and implement ``_post_lines``, ``_retention_dropped``,
-    ``_seq_statement``, ``_query_once``, ``_series``, ``seq_ranges`` and ``latest``.
+    ``_seq_statement``, ``_query_once``, ``_series``, ``seq_ranges`` and the statements of
+    ``latest_many`` (``_newest_statement``, ``_highest_seq_statement``,
+    ``_reading_statement``, ``_reading_from``).
     """
 
     _log: logging.Logger
@@ -191,7 +228,8 @@ class InfluxStore:
     _TRANSIENT_QUERY_ERRORS: tuple[str, ...]  # words of query errors worth retrying
     _PING_PATH: str                  # answers 2xx while the server runs (no login needed)
     _TIME_COLUMN: str                # a query row's point time [ns] ...
-    _SEQ_COLUMN: str                 # ... and seq, in rows of ``_seq_statement``
+    _SEQ_COLUMN: str                 # ... and seq, in rows of ``_seq_statement``,
+    # ``_newest_statement`` and ``_highest_seq_statement``
     _MAYBE_STORED: tuple[type[Exception], ...] = (StoreUnavailable,)  # write errors after
     # which some of the batch may be stored
 
@@ -227,12 +265,77 @@ class InfluxStore:
         return self._with_storage(lambda: self._write_lines(body_lines, keys))
 
     def latest(self, site_id: str, node_id: str) -> StoredReading | None:
-        raise NotImplementedError
+        """The node's reading with the highest sequence number (its newest: a node numbers
+        readings in the order it takes them, whatever its clock says), looked for where a
+        clock fault can put it, never in the whole history (``latest_many``)."""
+        return self.latest_many([(site_id, node_id)]).get((site_id, node_id))
 
     def latest_many(self, nodes: Sequence[tuple[str, str]]
                     ) -> dict[tuple[str, str], StoredReading]:
-        found = ((key, self.latest(*key)) for key in nodes)
-        return {key: reading for key, reading in found if reading is not None}
+        """Every node's ``latest`` in three requests whatever the number of nodes (up to
+        MAX_STATEMENTS_PER_QUERY statements each; one or two more for nodes silent for a
+        day), at a cost that does not grow with the nodes' history.
+
+        The highest seq is looked for among the readings stamped from LATEST_LOOKBACK_NS
+        before the node's newest reading stamped at or before the present (InfluxDB's clock)
+        onwards — future-stamped ones included: a node whose clock ran ahead, corrected or
+        not — and among the readings stamped before CLOCK_LOST_BEFORE_NS (a clock that lost
+        the time). That is the highest seq of all (the SQLite store's answer) unless the
+        node's clock stepped back by more than LATEST_LOOKBACK_NS to a time after 2020:
+        then, until the node's clock passes its earlier readings again, it is the newest
+        reading from before the step. A node with no reading stamped at or before the
+        present (a clock far ahead since its first reading) is looked at from its newest
+        reading instead.
+
+        Each look-up is bounded in time, so InfluxDB opens only the shards (a week each)
+        and blocks (1,000 values) it needs; only for a node without a reading stamped in
+        the last RECENT_S does finding its newest one read a block per shard of its
+        history (seq only)."""
+        self._check_open()
+        keys = list(dict.fromkeys(nodes))
+        if not keys:
+            return {}
+        return self._with_storage(lambda: self._latest_many(keys))
+
+    def _latest_many(self, keys: list[tuple[str, str]]
+                     ) -> dict[tuple[str, str], StoredReading]:
+        # 1. each node's newest reading stamped in the last RECENT_S up to the present, and
+        #    its highest seq stamped before CLOCK_LOST_BEFORE_NS (normally none)
+        answers = self._query([statement for site_id, node_id in keys for statement in (
+            self._newest_statement(site_id, node_id, within_s=RECENT_S, up_to_now=True),
+            self._highest_seq_statement(site_id, node_id, None, CLOCK_LOST_BEFORE_NS))])
+        newest = {key: self._seq_at(rows) for key, rows in zip(keys, answers[0::2], strict=True)}
+        clock_lost = {key: self._seq_at(rows)
+                      for key, rows in zip(keys, answers[1::2], strict=True)}
+        # 1b. nodes silent for RECENT_S: their newest reading up to the present, else (a
+        #     clock ahead since its first reading) their newest of all
+        for up_to_now in (True, False):
+            silent = [key for key, found in newest.items() if found is None]
+            answers = self._query([self._newest_statement(*key, within_s=None,
+                                                          up_to_now=up_to_now)
+                                   for key in silent])
+            newest.update((key, self._seq_at(rows))
+                          for key, rows in zip(silent, answers, strict=True))
+        # 2. the highest seq from LATEST_LOOKBACK_NS before each newest reading onwards
+        anchors = {key: found for key, found in newest.items() if found is not None}
+        recent = dict(zip(anchors, self._query([
+            self._highest_seq_statement(*key, lookback_start_ns(anchor.at_ns), None)
+            for key, anchor in anchors.items()]), strict=True))
+        best = {key: winner for key in keys if (winner := highest_seq(
+            (newest[key], clock_lost[key], self._seq_at(recent.get(key, [])))))}
+        # 3. the winners' whole readings, each at its exact time
+        fetched = self._query([self._reading_statement(*key, winner.at_ns)
+                               for key, winner in best.items()])
+        found = ((key, self._reading_from(*key, winner.at_ns, rows))
+                 for (key, winner), rows in zip(best.items(), fetched, strict=True))
+        return {key: reading for key, reading in found
+                if reading is not None}  # None: deleted meanwhile
+
+    def _seq_at(self, rows: list[Row]) -> SeqAt | None:
+        """The seq and time of the first row of a ``latest`` look-up, if any."""
+        if not rows or rows[0].get(self._SEQ_COLUMN) is None:
+            return None
+        return SeqAt(int(rows[0][self._SEQ_COLUMN]), int(rows[0][self._TIME_COLUMN]))
 
     def series(self, site_id: str, node_id: str, start: datetime, end: datetime,
                fields: Sequence[str], every_s: float | None = None) -> list[SeriesPoint]:
@@ -296,6 +399,28 @@ class InfluxStore:
 
     def _series(self, site_id: str, node_id: str, start_ns: int, end_ns: int,
                 names: list[str], bucket: int | None) -> list[SeriesPoint]:
+        raise NotImplementedError
+
+    def _newest_statement(self, site_id: str, node_id: str, *, within_s: int | None,
+                          up_to_now: bool) -> str:
+        """A statement whose one row (or none) is the time and seq of the node's
+        newest-stamped point [stamped after InfluxDB's present minus ``within_s``] [and at
+        or before the present]."""
+        raise NotImplementedError
+
+    def _highest_seq_statement(self, site_id: str, node_id: str, start_ns: int | None,
+                               stop_ns: int | None) -> str:
+        """A statement whose one row (or none) is the time and seq of the node's point with
+        the highest seq stamped in [start_ns, stop_ns) (None: unbounded)."""
+        raise NotImplementedError
+
+    def _reading_statement(self, site_id: str, node_id: str, at_ns: int) -> str:
+        """A statement whose rows are the node's point stamped ``at_ns``, all fields."""
+        raise NotImplementedError
+
+    def _reading_from(self, site_id: str, node_id: str, at_ns: int,
+                      rows: list[Row]) -> StoredReading | None:
+        """The reading in the rows of ``_reading_statement``; None if there is none."""
         raise NotImplementedError
 
     # --- writing ------------------------------------------------------------------------

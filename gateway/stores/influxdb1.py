@@ -29,6 +29,10 @@ Guarantees and how:
   so a gateway starts while InfluxDB is down and spools until it is back.
 - Queries use chunked responses (never cut off by the server's ``max-row-limit``) and never
   put caller text into InfluxQL unquoted; field names are checked against the known fields.
+- ``latest``/``latest_many`` never read a node's whole history: the newest point stamped in
+  the last day up to ``now()`` (``ORDER BY time DESC LIMIT 1``), then ``max(seq)`` from six
+  hours before it on and before 2020, then the winner at its exact time
+  (``influx_common.InfluxStore.latest_many``).
 
 Credentials go in HTTP Basic auth. The user needs READ and WRITE on the database (``GRANT
 ALL ON cacao TO gateway``), and admin only if the gateway must create the database. Proxy
@@ -174,23 +178,6 @@ class InfluxDB1Store(InfluxStore):
             seqs = [int(row[SEQ_FIELD]) for bucket_rows in rows for row in bucket_rows]
         return seq_ranges_from(whole, seqs)
 
-    def latest(self, site_id: str, node_id: str) -> StoredReading | None:
-        """The node's reading with the highest sequence number (its newest: a node numbers
-        readings in the order it takes them, whatever its clock says)."""
-        return self.latest_many([(site_id, node_id)]).get((site_id, node_id))
-
-    def latest_many(self, nodes: Sequence[tuple[str, str]]
-                    ) -> dict[tuple[str, str], StoredReading]:
-        """Every node's ``latest`` in one request (a statement each, up to
-        MAX_STATEMENTS_PER_QUERY per request), not one round trip per dryer."""
-        self._check_open()
-        keys = list(dict.fromkeys(nodes))
-        answers = self._read([f"SELECT max({SEQ_FIELD}), * FROM {MEASUREMENT} "
-                              f"WHERE {self._node_filter(site_id, node_id)}"
-                              for site_id, node_id in keys])
-        return {key: self._reading(rows[0], *key) for key, rows in zip(keys, answers, strict=True)
-                if rows}
-
     # --- writing ------------------------------------------------------------------------
 
     def _post_lines(self, body: bytes) -> httpx.Response:
@@ -207,6 +194,39 @@ class InfluxDB1Store(InfluxStore):
         return (f"SELECT {SEQ_FIELD} FROM {MEASUREMENT} WHERE "
                 f"{self._node_filter(site_id, node_id)} "
                 f"AND time >= {first_ns} AND time <= {last_ns}")
+
+    # --- latest (the flow is InfluxStore.latest_many's) ---------------------------------
+
+    def _newest_statement(self, site_id: str, node_id: str, *, within_s: int | None,
+                          up_to_now: bool) -> str:
+        """``seq`` only: a descending cursor reads the newest block of each field in each
+        shard of the time range (``SELECT *`` would read 15 blocks per shard)."""
+        where = self._node_filter(site_id, node_id)
+        if up_to_now:
+            where += " AND time <= now()"
+        if within_s is not None:
+            where += f" AND time > now() - {within_s}s"
+        return (f"SELECT {SEQ_FIELD} FROM {MEASUREMENT} WHERE {where} "
+                f"ORDER BY time DESC LIMIT 1")
+
+    def _highest_seq_statement(self, site_id: str, node_id: str, start_ns: int | None,
+                               stop_ns: int | None) -> str:
+        """``max(seq)`` alone: with ``*`` beside it InfluxDB would read every field of every
+        point in the range (10x slower)."""
+        where = self._node_filter(site_id, node_id)
+        if start_ns is not None:
+            where += f" AND time >= {start_ns}"
+        if stop_ns is not None:
+            where += f" AND time < {stop_ns}"
+        return f"SELECT max({SEQ_FIELD}) AS {SEQ_FIELD} FROM {MEASUREMENT} WHERE {where}"
+
+    def _reading_statement(self, site_id: str, node_id: str, at_ns: int) -> str:
+        return (f"SELECT * FROM {MEASUREMENT} WHERE {self._node_filter(site_id, node_id)} "
+                f"AND time = {at_ns}")
+
+    def _reading_from(self, site_id: str, node_id: str, at_ns: int,
+                      rows: list[Row]) -> StoredReading | None:
+        return self._reading(rows[0], site_id, node_id) if rows else None
 
     # --- querying -----------------------------------------------------------------------
 
@@ -309,4 +329,4 @@ class InfluxDB1Store(InfluxStore):
     @staticmethod
     def _reading(row: Row, site_id: str, node_id: str) -> StoredReading:
         return stored_reading(site_id, node_id, row["time"], row,
-                              ignore=("time", "max", SITE_TAG, NODE_TAG))
+                              ignore=("time", SITE_TAG, NODE_TAG))

@@ -148,21 +148,6 @@ class InfluxDB2Store(InfluxStore):
             seqs = [int(row["_value"]) for day_rows in rows for row in day_rows]
         return seq_ranges_from(whole, seqs)
 
-    def latest(self, site_id: str, node_id: str) -> StoredReading | None:
-        """The node's reading with the highest sequence number (its newest: a node numbers
-        readings in the order it takes them, whatever its clock says)."""
-        self._check_open()
-        highest = self._query([self._statement(MIN_TIME_NS, MAX_TIME_NS + 1, site_id, node_id,
-                                               [SEQ_FIELD], " |> max()")])[0]
-        if not highest:
-            return None
-        at_ns = highest[0]["_time"]
-        rows = self._query([self._statement(at_ns, at_ns + 1, site_id, node_id, None)])[0]
-        values = {row["_field"]: row["_value"] for row in rows}
-        if SEQ_FIELD not in values:
-            return None  # deleted between the two queries
-        return stored_reading(site_id, node_id, at_ns, values)
-
     # --- writing ------------------------------------------------------------------------
 
     def _post_lines(self, body: bytes) -> httpx.Response:
@@ -179,6 +164,31 @@ class InfluxDB2Store(InfluxStore):
 
     def _seq_statement(self, site_id: str, node_id: str, first_ns: int, last_ns: int) -> str:
         return self._statement(first_ns, last_ns + 1, site_id, node_id, [SEQ_FIELD])
+
+    # --- latest (the flow is InfluxStore.latest_many's) ---------------------------------
+
+    def _newest_statement(self, site_id: str, node_id: str, *, within_s: int | None,
+                          up_to_now: bool) -> str:
+        """The seq field's ``last()`` only: ``last()`` of every field would take each field
+        from the newest point that has it, mixing readings."""
+        return self._statement(MIN_TIME_NS, None if up_to_now else MAX_TIME_NS + 1, site_id,
+                               node_id, [SEQ_FIELD], " |> last()", within_s=within_s)
+
+    def _highest_seq_statement(self, site_id: str, node_id: str, start_ns: int | None,
+                               stop_ns: int | None) -> str:
+        return self._statement(MIN_TIME_NS if start_ns is None else start_ns,
+                               MAX_TIME_NS + 1 if stop_ns is None else stop_ns,
+                               site_id, node_id, [SEQ_FIELD], " |> max()")
+
+    def _reading_statement(self, site_id: str, node_id: str, at_ns: int) -> str:
+        return self._statement(at_ns, at_ns + 1, site_id, node_id, None)
+
+    def _reading_from(self, site_id: str, node_id: str, at_ns: int,
+                      rows: list[Row]) -> StoredReading | None:
+        values = {row["_field"]: row["_value"] for row in rows}
+        if SEQ_FIELD not in values:
+            return None
+        return stored_reading(site_id, node_id, at_ns, values)
 
     # --- querying -----------------------------------------------------------------------
 
@@ -203,10 +213,15 @@ class InfluxDB2Store(InfluxStore):
         return [SeriesPoint(at=measured_at_from_ns(at_ns), values=by_time[at_ns])
                 for at_ns in sorted(by_time)]
 
-    def _statement(self, start_ns: int, stop_ns: int, site_id: str, node_id: str,
-                   fields: Sequence[str] | None, operation: str = "") -> str:
+    def _statement(self, start_ns: int, stop_ns: int | None, site_id: str, node_id: str,
+                   fields: Sequence[str] | None, operation: str = "", *,
+                   within_s: int | None = None) -> str:
         """One Flux statement on one line (without its ``yield``): the node's points in
-        [start, stop) [of these fields] [, aggregated], as rows of _time, _field, _value."""
+        [start, stop) [of these fields] [, aggregated], as rows of _time, _field, _value;
+        ``stop_ns`` None: up to the server's present (``now()``); ``within_s``: start that
+        many seconds before the present instead of at ``start_ns``."""
+        start = f"time(v: {start_ns})" if within_s is None else f"-{within_s}s"
+        stop = "now()" if stop_ns is None else f"time(v: {stop_ns})"
         condition = (f"r._measurement == {flux_string(MEASUREMENT)} and "
                      f"r.{SITE_TAG} == {flux_string(site_id)} and "
                      f"r.{NODE_TAG} == {flux_string(node_id)}")
@@ -214,7 +229,7 @@ class InfluxDB2Store(InfluxStore):
             condition += " and (" + " or ".join(
                 f"r._field == {flux_string(name)}" for name in fields) + ")"
         return (f"from(bucket: {flux_string(self.bucket)})"
-                f" |> range(start: time(v: {start_ns}), stop: time(v: {stop_ns}))"
+                f" |> range(start: {start}, stop: {stop})"
                 f" |> filter(fn: (r) => {condition}){operation}{_KEEP}")
 
     def _query_once(self, statements: Sequence[str]) -> list[list[Row]]:

@@ -14,12 +14,14 @@ as InfluxDB 2.x does, for just what the store uses:
   is dropped and answered ``422 … partial write: field type conflict``.
 - ``POST /api/v2/query?org=…`` with a JSON body (``type: flux``): only the few fixed Flux
   statement shapes the store issues are understood (``STATEMENT`` below: one per line,
-  ``from |> range |> filter(site, node[, fields]) [|> max() | |> aggregateWindow(…)] |> keep
-  |> yield``); anything else is a 400 "compilation failed", so a store that changes its Flux
-  fails these tests instead of being silently misread. Answers are annotated CSV as InfluxDB
-  2.x writes it (``#datatype``/``#group``/``#default`` rows, one table per field, RFC3339
-  times with nanoseconds, new annotations when a table's schema changes, aggregate windows
-  clamped to the range's start).
+  ``from |> range(start | -<seconds>s, stop | now()) |> filter(site, node[, fields]) [|>
+  max() | |> last() | |> aggregateWindow(…)] |> keep |> yield``); anything else is a 400
+  "compilation failed", so a store that changes its Flux fails these tests instead of being
+  silently misread. ``now()`` (and a start relative to it) is the server's clock, or
+  ``now_ns`` when a test sets it. Answers are annotated CSV as InfluxDB 2.x writes it
+  (``#datatype``/``#group``/``#default`` rows, one table per field, RFC3339 times with
+  nanoseconds, new annotations when a table's schema changes, aggregate windows clamped to
+  the range's start).
 - ``GET /health``.
 
 What is NOT reproduced: Flux in general, retention, the storage engine's durability, sharding,
@@ -36,6 +38,7 @@ import io
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -51,11 +54,12 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _STR = r'"(?:[^"\\]|\\.)*"'
 STATEMENT = re.compile(
     rf'from\(bucket: (?P<bucket>{_STR})\)'
-    r' \|> range\(start: time\(v: (?P<start>-?\d+)\), stop: time\(v: (?P<stop>-?\d+)\)\)'
+    r' \|> range\(start: (?:time\(v: (?P<start>-?\d+)\)|-(?P<start_ago_s>\d+)s), '
+    r'stop: (?:time\(v: (?P<stop>-?\d+)\)|(?P<stop_now>now\(\)))\)'
     rf' \|> filter\(fn: \(r\) => r\._measurement == (?P<measurement>{_STR})'
     rf' and r\.site == (?P<site>{_STR}) and r\.node == (?P<node>{_STR})'
     rf'(?: and \((?P<fields>r\._field == {_STR}(?: or r\._field == {_STR})*)\))?\)'
-    r'(?P<op> \|> max\(\)| \|> aggregateWindow\(every: (?P<every_us>[1-9]\d*)us, '
+    r'(?P<op> \|> max\(\)| \|> last\(\)| \|> aggregateWindow\(every: (?P<every_us>[1-9]\d*)us, '
     r'fn: (?P<fn>mean|count|sum|min|max), createEmpty: false, timeSrc: "_start"\))?'
     r' \|> keep\(columns: \["_time", "_field", "_value"\]\)'
     rf' \|> yield\(name: (?P<name>{_STR})\)')
@@ -283,6 +287,7 @@ class Influx2TestServer:
         self.points: dict[_Key, dict[str, tuple[str, Any]]] = {}
         self.field_types: dict[tuple[str, str], str] = {}
         self.requests: list[RecordedRequest] = []
+        self.now_ns: int | None = None  # Flux's now(); None: the real clock
         self._faults: list[_Fault] = []
         self._lock = threading.Lock()
         self._open_gate = threading.Event()
@@ -370,7 +375,12 @@ class Influx2TestServer:
 
     def run_statement(self, match: re.Match[str]) -> list[tuple[str, str, list[tuple[int, Any]]]]:
         """Tables (field, type, [(time, value)]) of one recognised statement."""
-        start, stop = int(match["start"]), int(match["stop"])
+        now_ns = time.time_ns() if self.now_ns is None else self.now_ns
+        if match["start_ago_s"]:
+            start = now_ns - int(match["start_ago_s"]) * 10**9
+        else:
+            start = int(match["start"])
+        stop = now_ns if match["stop_now"] else int(match["stop"])
         measurement = flux_unquote(match["measurement"])
         site, node = flux_unquote(match["site"]), flux_unquote(match["node"])
         wanted = ({flux_unquote(s) for s in re.findall(_STR, match["fields"])}
@@ -394,6 +404,8 @@ class Influx2TestServer:
             if match["op"] and "max()" in match["op"]:
                 best = max(rows, key=lambda row: row[1])  # first of equal maxima
                 tables.append((name, kind, [best]))
+            elif match["op"] and "last()" in match["op"]:
+                tables.append((name, kind, [rows[-1]]))  # rows are in time order
             elif match["fn"]:
                 tables.append(_windowed(name, kind, rows, int(match["every_us"]) * 1000,
                                         match["fn"], start))
