@@ -16,9 +16,10 @@ import math
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from statistics import median
+from types import MappingProxyType
 from typing import Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -45,6 +46,27 @@ END_GAP = timedelta(hours=2)             # a longer gap breaks the hold
 END_STALE = timedelta(hours=1)           # the last reading must be this recent
 OVERHEAT_MIN_H = 1 / 6        # 10 min at the limit: more than a sensor hiccup (estimate)
 EARLY_HEAT_MIN_H = 1.0        # an hour above the early-phase cap (estimate)
+
+# Every reason a flag can give, for readers of other languages: its key and its parameters.
+# A parameter's unit is in its name (_pct: % w.b., _pct_per_h: % w.b. per hour, _points: % w.b.
+# points, _c: °C, _h: hours, days) and its value is a number written with the decimals given
+# here, the same as in the English ``reason``; AS_SET: a threshold as the site set it (as few
+# decimals as it needs, at most 3), TIME: an ISO 8601 UTC moment (show it in the site's time
+# zone), SOURCE: where the moisture came from (``BatchMetrics.moisture_source``).
+AS_SET, TIME, SOURCE = "as_set", "time", "moisture_source"
+ParamFormat = int | str
+ParamValue = int | float | str
+REASONS: Mapping[str, Mapping[str, ParamFormat]] = MappingProxyType({
+    "dried_too_fast.rate": {"rate_pct_per_h": 1, "window_h": 0, "limit_pct_per_h": AS_SET},
+    "dried_too_fast.too_soon": {"moisture_pct": 1, "after_h": 0, "min_drying_h": 0},
+    "overheated.above_limit": {"limit_c": AS_SET, "duration_h": 1, "max_c": 1},
+    "overheated.early_phase": {"limit_c": AS_SET, "duration_h": 1, "max_c": 1},
+    "rewetted.rise": {"low_pct": 1, "high_pct": 1, "rise_points": 1, "at": TIME},
+    "too_long.still_wet": {"moisture_pct": 1, "days": 0, "reject_above_pct": AS_SET},
+    "not_dry.above_ready": {"moisture_pct": 1, "source": SOURCE, "ready_pct": AS_SET,
+                            "reject_above_pct": AS_SET},
+    "over_dried.below_limit": {"moisture_pct": 1, "source": SOURCE, "limit_pct": AS_SET},
+})
 
 
 class SampleLike(Protocol):
@@ -90,7 +112,9 @@ class BatchData:
 @dataclass(frozen=True)
 class QualityFlag:
     code: str      # dried_too_fast, overheated, rewetted, too_long, not_dry, over_dried
-    reason: str    # one line naming the numbers
+    reason: str    # one line naming the numbers, in English
+    reason_key: str = ""   # which of REASONS it is ("" = none: show ``reason``)
+    reason_params: Mapping[str, ParamValue] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -146,36 +170,59 @@ def compute_metrics(batch: BatchData) -> BatchMetrics:
     ready = t.target_moisture_pct_wb + READY_MARGIN_PCT
     reached = next((p for p in moisture if p.moisture_pct_wb <= ready), None)
     if fastest is not None and fastest > t.max_drying_rate_pct_per_h:
-        flags.append(QualityFlag("dried_too_fast", f"moisture fell {fastest:.1f} %/h over "
-                                 f"{SUSTAINED_WINDOW_H:.0f} h (limit "
-                                 f"{t.max_drying_rate_pct_per_h:g} %/h)"))
+        flags.append(_flag(
+            "dried_too_fast", "dried_too_fast.rate",
+            f"moisture fell {fastest:.1f} %/h over {SUSTAINED_WINDOW_H:.0f} h (limit "
+            f"{t.max_drying_rate_pct_per_h:g} %/h)",
+            rate_pct_per_h=fastest, window_h=SUSTAINED_WINDOW_H,
+            limit_pct_per_h=t.max_drying_rate_pct_per_h))
     elif reached is not None and (h := _hours(batch.start, reached.at)) < MIN_DRYING_H:
-        flags.append(QualityFlag("dried_too_fast", f"reached {reached.moisture_pct_wb:.1f} % "
-                                 f"after {h:.0f} h (at least {MIN_DRYING_H:.0f} h expected)"))
+        flags.append(_flag(
+            "dried_too_fast", "dried_too_fast.too_soon",
+            f"reached {reached.moisture_pct_wb:.1f} % after {h:.0f} h (at least "
+            f"{MIN_DRYING_H:.0f} h expected)",
+            moisture_pct=reached.moisture_pct_wb, after_h=h, min_drying_h=MIN_DRYING_H))
     if hot_limit >= OVERHEAT_MIN_H:
-        flags.append(QualityFlag("overheated", f"air at or above {t.air_temp_limit_c:g} °C "
-                                 f"for {hot_limit:.1f} h (max {max_air:.1f} °C)"))
+        flags.append(_flag(
+            "overheated", "overheated.above_limit",
+            f"air at or above {t.air_temp_limit_c:g} °C for {hot_limit:.1f} h (max "
+            f"{max_air:.1f} °C)",
+            limit_c=t.air_temp_limit_c, duration_h=hot_limit, max_c=max_air))
     elif early_hot >= EARLY_HEAT_MIN_H:
-        flags.append(QualityFlag("overheated", f"air above {t.early_phase_max_air_temp_c:g} °C "
-                                 f"for {early_hot:.1f} h in the early phase (max "
-                                 f"{max_air:.1f} °C)"))
+        flags.append(_flag(
+            "overheated", "overheated.early_phase",
+            f"air above {t.early_phase_max_air_temp_c:g} °C for {early_hot:.1f} h in the "
+            f"early phase (max {max_air:.1f} °C)",
+            limit_c=t.early_phase_max_air_temp_c, duration_h=early_hot, max_c=max_air))
     rise = _largest_rise(hourly_medians(moisture, REWET_WINDOW_H))
     if rise is not None and rise[1] - rise[0] >= REWET_RISE_PCT:
         low, high, at = rise
-        flags.append(QualityFlag("rewetted", f"moisture rose from {low:.1f} % to {high:.1f} % "
-                                 f"(+{high - low:.1f} points) by "
-                                 f"{at.astimezone(zone):%Y-%m-%d %H:%M} local"))
+        flags.append(_flag(
+            "rewetted", "rewetted.rise",
+            f"moisture rose from {low:.1f} % to {high:.1f} % (+{high - low:.1f} points) by "
+            f"{at.astimezone(zone):%Y-%m-%d %H:%M} local",
+            low_pct=low, high_pct=high, rise_points=high - low, at=at))
     late = [p for p in moisture if _hours(batch.start, p.at) >= MOULD_CHECK_H]
     if late and late[0].moisture_pct_wb > REJECT_ABOVE_PCT_WB:
-        flags.append(QualityFlag("too_long", f"still {late[0].moisture_pct_wb:.1f} % after "
-                                 f"{MOULD_CHECK_H / 24:.0f} days (mould risk above "
-                                 f"{REJECT_ABOVE_PCT_WB:g} %)"))
+        flags.append(_flag(
+            "too_long", "too_long.still_wet",
+            f"still {late[0].moisture_pct_wb:.1f} % after {MOULD_CHECK_H / 24:.0f} days "
+            f"(mould risk above {REJECT_ABOVE_PCT_WB:g} %)",
+            moisture_pct=late[0].moisture_pct_wb, days=MOULD_CHECK_H / 24,
+            reject_above_pct=REJECT_ABOVE_PCT_WB))
     if batch.end is not None and final is not None and final > ready:
-        flags.append(QualityFlag("not_dry", f"final moisture {final:.1f} % ({source}) is above "
-                                 f"{ready:g} % (rejected above {REJECT_ABOVE_PCT_WB:g} %)"))
+        flags.append(_flag(
+            "not_dry", "not_dry.above_ready",
+            f"final moisture {final:.1f} % ({source}) is above {ready:g} % (rejected above "
+            f"{REJECT_ABOVE_PCT_WB:g} %)",
+            moisture_pct=final, source=source or "", ready_pct=ready,
+            reject_above_pct=REJECT_ABOVE_PCT_WB))
     if final is not None and final < t.over_dry_moisture_pct_wb:
-        flags.append(QualityFlag("over_dried", f"moisture {final:.1f} % ({source}) is below "
-                                 f"{t.over_dry_moisture_pct_wb:g} % (brittle beans)"))
+        flags.append(_flag(
+            "over_dried", "over_dried.below_limit",
+            f"moisture {final:.1f} % ({source}) is below {t.over_dry_moisture_pct_wb:g} % "
+            "(brittle beans)",
+            moisture_pct=final, source=source or "", limit_pct=t.over_dry_moisture_pct_wb))
     return BatchMetrics(
         round(duration_h, 2), _round(initial), _round(final), source, _round(average, 3),
         _round(fastest, 3), _round(max_air, 1), round(hot_limit, 2), round(hot_alarm, 2),
@@ -228,6 +275,29 @@ def suggest_end(samples: Iterable[SampleLike | MoisturePoint | SpotCheck], targe
 
 
 # --- helpers ----------------------------------------------------------------------------------
+
+def _flag(code: str, key: str, reason: str, **params: float | str | datetime) -> QualityFlag:
+    """A flag with its English ``reason`` and the same numbers as ``reason_params``, rounded
+    as REASONS[key] says."""
+    formats = REASONS[key]
+    if set(params) != set(formats):
+        raise ValueError(f"flag reason {key}: parameters {', '.join(sorted(params))} are not "
+                         f"{', '.join(formats)}")
+    return QualityFlag(code, reason, key,
+                       {name: _param(formats[name], value) for name, value in params.items()})
+
+
+def _param(fmt: ParamFormat, value: float | str | datetime) -> ParamValue:
+    if isinstance(value, datetime):
+        return _iso(value.astimezone(UTC))
+    if isinstance(value, str):
+        return value
+    if fmt == AS_SET:
+        return round(value, 3)
+    if isinstance(fmt, int):
+        return round(value) if fmt == 0 else round(value, fmt)
+    raise ValueError(f"reason parameter format {fmt!r} does not take the number {value!r}")
+
 
 def _aware(name: str, moment: datetime) -> None:
     if not isinstance(moment, datetime) or moment.tzinfo is None:

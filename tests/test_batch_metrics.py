@@ -7,6 +7,7 @@ import math
 import random
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
@@ -19,9 +20,13 @@ from cacao_dryer.science import (
     gab_equilibrium_moisture_pct_wb,
     wet_to_dry_basis,
 )
+from dashboard.pages.batches import flag_reason
 from firmware.simulation.dryer import DryerModel
 from firmware.simulation.weather import Weather
 from gateway.batch_metrics import (
+    REASONS,
+    SOURCE,
+    TIME,
     BatchData,
     Sample,
     SpotCheck,
@@ -165,6 +170,76 @@ def test_below_the_over_dry_limit_is_over_dried():
 def test_thresholds_from_the_site_are_used():
     strict = Thresholds(max_drying_rate_pct_per_h=0.5)
     assert codes(ended(series(120), thresholds=strict)) == ["dried_too_fast"]
+
+
+# --- each flag's reason as a key and numbers, for other languages ------------------------------
+
+def rewet_for_a_day(h: float) -> float:
+    return newton_moisture(h) + (2.5 if 96 <= h < 108 else 0.0)
+
+
+FLAGGED: dict[str, tuple[Callable[[], BatchData], dict[str, object]]] = {
+    "dried_too_fast.rate": (
+        lambda: ended(series(120, moisture=lambda h: max(55.0 - 3.2 * h, 7.2) if h < 20
+                             else 7.2)),
+        {"rate_pct_per_h": 3.2, "window_h": 6, "limit_pct_per_h": 2.5}),
+    "dried_too_fast.too_soon": (
+        lambda: ended(series(120, moisture=lambda h: newton_moisture(h, k_per_h=0.07))),
+        {"moisture_pct": 7.5, "after_h": 60, "min_drying_h": 72}),
+    "overheated.above_limit": (
+        lambda: ended(series(120, air_temp=lambda h, day: 68.0 if 30 <= h < 31.5
+                             else (40.0 if day else 25))),
+        {"limit_c": 65.0, "duration_h": 1.5, "max_c": 68.0}),
+    "overheated.early_phase": (
+        lambda: ended(series(120, air_temp=lambda h, day: 52.0 if 4 <= h < 7
+                             else (40.0 if day else 25))),
+        {"limit_c": 45.0, "duration_h": 3.0, "max_c": 52.0}),
+    "rewetted.rise": (
+        lambda: ended(series(120, moisture=rewet_for_a_day), final_moisture_pct_wb=7.2),
+        {"low_pct": 9.0, "high_pct": 11.2, "rise_points": 2.2, "at": "2026-07-10T12:25:00Z"}),
+    "too_long.still_wet": (
+        lambda: ended(series(200, moisture=lambda h: newton_moisture(h, k_per_h=0.012)),
+                      hours=200),
+        {"moisture_pct": 17.9, "days": 7, "reject_above_pct": 8.0}),
+    "not_dry.above_ready": (
+        lambda: ended(series(120), final_moisture_pct_wb=8.4),
+        {"moisture_pct": 8.4, "source": "final", "ready_pct": 7.5, "reject_above_pct": 8.0}),
+    "over_dried.below_limit": (
+        lambda: ended(series(120), spot_checks=[SpotCheck(START + 110 * HOUR, 5.24)]),
+        {"moisture_pct": 5.2, "source": "spot_check", "limit_pct": 6.0}),
+}
+
+
+def test_every_reason_has_a_batch_that_gives_it():
+    assert set(FLAGGED) == set(REASONS)
+
+
+@pytest.mark.parametrize("key", sorted(FLAGGED))
+def test_a_flag_names_its_reason_and_the_numbers_it_shows(key: str):
+    batch, params = FLAGGED[key]
+    [flag] = [f for f in compute_metrics(batch()).flags if f.reason_key == key]
+    assert flag.reason_params == params
+    assert set(flag.reason_params) == set(REASONS[key])
+    assert [type(v) for v in flag.reason_params.values()] == [type(v) for v in params.values()]
+
+
+# Where the English text differs from ``reason``: times the dashboard's way, sources by label.
+ENGLISH_TEXT = {
+    "rewetted.rise": "moisture rose from 9.0 % to 11.2 % (+2.2 points) by 07/10/2026 07:25 AM",
+    "not_dry.above_ready": "final moisture 8.4 % (final value) is above 7.5 % (rejected above "
+                           "8 %)",
+    "over_dried.below_limit": "moisture 5.2 % (spot check) is below 6 % (brittle beans)",
+}
+
+
+@pytest.mark.parametrize("key", sorted(FLAGGED))
+def test_the_english_text_of_a_reason_reads_as_the_reason(key: str):
+    """The catalog's English sentence filled with the flag's numbers says what ``reason``
+    says, with the same numbers."""
+    batch, _ = FLAGGED[key]
+    [flag] = [f for f in compute_metrics(batch()).flags if f.reason_key == key]
+    assert flag_reason(flag, "en", ZoneInfo("America/Lima")) == ENGLISH_TEXT.get(key, flag.reason)
+    assert bool({TIME, SOURCE} & set(REASONS[key].values())) == (key in ENGLISH_TEXT)
 
 
 # --- where the final moisture comes from -----------------------------------------------------
@@ -327,4 +402,6 @@ def test_odd_samples_never_raise(rows, end_h, final):
                       final_moisture_pct_wb=final)
     metrics = compute_metrics(batch)
     assert all(flag.reason and "\n" not in flag.reason for flag in metrics.flags)
+    assert all(set(flag.reason_params) == set(REASONS[flag.reason_key])
+               for flag in metrics.flags)
     suggest_end(samples, 7.0, 2.0, START + 200 * HOUR)

@@ -17,10 +17,11 @@ import pytest
 from support.pages import add_dryers, page_client, page_config, page_gateway, visible_text
 
 from cacao_dryer.contract import EventType, NodeEvent
-from dashboard.i18n import catalog
+from dashboard.i18n import catalog, format_number
 from dashboard.pages.batches import NAV, _nice_step
 from dashboard.web import all_nav
 from gateway.api.deps import Actor, Role
+from gateway.batch_metrics import REASONS
 from gateway.context import GatewayContext
 from gateway.registry import NodeRegistry
 from gateway.timeseries import StoredReading
@@ -230,6 +231,27 @@ def test_a_batch_page_renders_its_frame_in_each_language(site: dict, language: s
     assert config["method_labels"]["hand_meter"] == texts["batches.method_hand_meter"]
 
 
+def test_the_batch_page_gives_its_script_the_flag_reasons_texts(site: dict) -> None:
+    """batch.js writes a flag's reason from its key and numbers (the API's English reason
+    when the key has no text): the page carries each reason's text and how to write its
+    numbers."""
+    config = page_config(page_client(site["context"], MANAGER, "es").get(
+        f"/batches/{site['north']}").text)
+    assert set(config["reason_keys"]) == set(REASONS)
+    assert config["reason_formats"] == {key: dict(value) for key, value in REASONS.items()}
+    for key in config["reason_keys"].values():
+        assert config["catalog"][key] == catalog("es")[key], key
+
+
+def test_the_metrics_api_gives_each_flags_reason_key_and_numbers(site: dict) -> None:
+    [flag] = page_client(site["context"], OPERATOR).get(
+        f"/api/batches/{site['north']}/metrics").json()["flags"]
+    assert flag == {"code": "overheated",
+                    "reason": "air at or above 65 °C for 1.0 h (max 67.0 °C)",
+                    "reason_key": "overheated.above_limit",
+                    "reason_params": {"limit_c": 65.0, "duration_h": 1.0, "max_c": 67.0}}
+
+
 def test_an_unknown_batch_is_a_404_page(site: dict) -> None:
     client = page_client(site["context"], MANAGER)
     for path in ("/batches/lote-nadie", "/batches/lote-nadie/report"):
@@ -381,6 +403,20 @@ def test_the_report_holds_what_a_certification_file_needs(site: dict, language: 
     assert html.count('class="mark"') == 1           # the spot check on the moisture chart
     assert "style=" not in visible_text(html)
     assert "js/report.js" in html and "uPlot" not in html
+
+
+@pytest.mark.parametrize(("language", "sentence"), [
+    ("es", "el aire estuvo a 65 °C o más durante {hours} horas (máximo {max} °C)"),
+    ("en", "air at or above 65 °C for {hours} h (max {max} °C)"),
+])
+def test_the_report_says_why_a_flag_was_raised_in_the_readers_language(
+        site: dict, language: str, sentence: str) -> None:
+    html = page_client(site["context"], MANAGER, language).get(
+        f"/batches/{site['north']}/report").text
+    reason = sentence.format(hours=format_number(1.0, language),
+                             max=format_number(67.0, language))
+    label = catalog(language)["batches.flag_overheated"]
+    assert f"<li><strong>{label}</strong> — {reason}</li>" in html
 
 
 def test_nice_steps_for_report_axes() -> None:

@@ -11,6 +11,7 @@ no script to be right on paper.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
@@ -22,10 +23,11 @@ from markupsafe import Markup, escape
 from sqlalchemy import select
 
 from cacao_dryer.errors import NotFoundError
-from dashboard.i18n import LocaleFormat, format_datetime, format_number, translate, unit
+from dashboard.i18n import LocaleFormat, catalog, format_datetime, format_number, translate, unit
 from dashboard.web import Frame, NavItem, allowed, frame
 from gateway import batches as service
 from gateway.api.deps import Actor, ContextDep, OperatorDep, Role, SessionDep
+from gateway.batch_metrics import AS_SET, REASONS, SOURCE, TIME, ParamFormat, QualityFlag
 from gateway.metadata.models import Batch, Node, Site
 
 router = APIRouter(include_in_schema=False)
@@ -59,6 +61,74 @@ METHOD_KEYS = {
 }
 CROP_KEYS = {"cacao": "batches.crop_cacao", "coffee": "batches.crop_coffee"}
 STATES = {"running": True, "ended": False}
+# The text of each flag reason (gateway.batch_metrics.REASONS); its {parameters} are the
+# reason's ``reason_params``.
+REASON_KEYS = {
+    "dried_too_fast.rate": "batches.reason_dried_too_fast_rate",
+    "dried_too_fast.too_soon": "batches.reason_dried_too_fast_too_soon",
+    "overheated.above_limit": "batches.reason_overheated_above_limit",
+    "overheated.early_phase": "batches.reason_overheated_early_phase",
+    "rewetted.rise": "batches.reason_rewetted_rise",
+    "too_long.still_wet": "batches.reason_too_long_still_wet",
+    "not_dry.above_ready": "batches.reason_not_dry_above_ready",
+    "over_dried.below_limit": "batches.reason_over_dried_below_limit",
+}
+PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")   # as dashboard.i18n.translate fills them
+
+
+def flag_reason(flag: QualityFlag, language: str, zone: tzinfo) -> str:
+    """Why ``flag`` was raised, in ``language``: its reason's text with the numbers written the
+    language's way and times in the site's zone ``zone``; the English ``flag.reason`` when the
+    reason has no text in the catalog or the flag lacks a number the text names. batch.js
+    does the same in the browser (``reasonText``).
+
+    >>> from datetime import UTC
+    >>> hot = QualityFlag("overheated", "air at or above 65 °C for 1.5 h (max 68.0 °C)",
+    ...                   "overheated.above_limit",
+    ...                   {"limit_c": 65.0, "duration_h": 1.5, "max_c": 68.0})
+    >>> flag_reason(hot, "en", UTC)
+    'air at or above 65 °C for 1.5 h (max 68.0 °C)'
+    >>> flag_reason(QualityFlag("overheated", "air too hot"), "es", UTC)
+    'air too hot'
+    """
+    key = REASON_KEYS.get(flag.reason_key)
+    formats = REASONS.get(flag.reason_key)
+    text = catalog(language).get(key or "")
+    if key is None or formats is None or text is None:
+        return flag.reason
+    params: dict[str, str] = {}
+    for name in PLACEHOLDER.findall(text):
+        value, fmt = flag.reason_params.get(name), formats.get(name)
+        if value is None or fmt is None:
+            return flag.reason
+        params[name] = reason_param(value, fmt, language, zone)
+    return translate(language, key, **params)
+
+
+def reason_param(value: float | str, fmt: ParamFormat, language: str, zone: tzinfo) -> str:
+    """One of a reason's numbers, times or moisture sources, as ``language`` writes it."""
+    if fmt == TIME:
+        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        return format_datetime(moment, language, zone)
+    if fmt == SOURCE:
+        return translate(language, SOURCE_KEYS[str(value)]) if value in SOURCE_KEYS \
+            else str(value)
+    if isinstance(value, str):
+        return value
+    digits = as_set_digits(value) if fmt == AS_SET else int(fmt)
+    return format_number(value, language, digits)
+
+
+def as_set_digits(value: float) -> int:
+    """The decimals a threshold needs as it was set, at most 3 (65 → 0, 2.5 → 1, 7.25 → 2).
+
+    >>> as_set_digits(65.0), as_set_digits(2.5), as_set_digits(7.25)
+    (0, 1, 2)
+    """
+    for digits in range(3):
+        if abs(round(value, digits) - value) < 1e-9:
+            return digits
+    return 3
 
 
 # The texts the batch pages' scripts translate (batches.js, batch.js, compare.js).
@@ -219,6 +289,7 @@ def batch_page(batch_id: str, request: Request, context: ContextDep, session: Se
         here, "batches/detail.html", "batch", "batches.detail_title",
         extra={"batch_id": batch_id, "can_export": can_export(actor),
                "flag_labels": here.texts(FLAG_KEYS),
+               "reason_keys": REASON_KEYS, "reason_formats": dict(REASONS),
                "source_labels": here.texts(SOURCE_KEYS),
                "method_labels": here.texts(METHOD_KEYS),
                "crop_labels": here.texts(CROP_KEYS)},
@@ -275,7 +346,7 @@ def report_page(batch_id: str, request: Request, context: ContextDep, session: S
               "site_label": (site.name if site and site.name else batch.site_id),
               "dryer_name": (node.name if node is not None else None) or batch.node_id,
               "flags": [(translate(language, FLAG_KEYS.get(f.code, "batches.flag_other")),
-                         f.reason) for f in metrics.flags],
+                         flag_reason(f, language, zone)) for f in metrics.flags],
               "methods": here.texts(METHOD_KEYS), "crops": here.texts(CROP_KEYS),
               "sources": here.texts(SOURCE_KEYS),
               "duration_h": service.duration_h(batch, now),

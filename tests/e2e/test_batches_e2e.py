@@ -18,7 +18,7 @@ from e2e_support import ARTIFACTS, DESKTOP, NODE, SITE, System, logged_in_contex
 from playwright.sync_api import BrowserContext, expect
 from support import wait_for
 
-from dashboard.i18n import catalog
+from dashboard.i18n import catalog, format_number
 from gateway.auth.roles import Role
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -204,6 +204,24 @@ def test_a_new_batch_started_through_the_api_is_compared_with_the_first(
     expect(page.locator("#compare-table tbody")).to_contain_text("230.0\u00a0kg")
     expect(page.locator("#compare-chart")).to_have_attribute("data-drawn", "true")
     shot(page, "batches-compare-360")
+    page.close()
+
+
+def test_the_batch_page_says_why_a_flag_was_raised_in_spanish(
+        system: System, manager: BrowserContext, batch_id: str) -> None:
+    """A final moisture corrected to 5.2 % flags the batch over-dried; its page says why in
+    the reader's language, the numbers written as the server writes them."""
+    api = manager.request
+    headers = {"X-CSRF-Token": api.get("/api/auth/me").json()["csrf_token"]}
+    corrected = api.patch(f"/api/batches/{batch_id}", headers=headers,
+                          data={"final_moisture_pct_wb": 5.2})
+    assert corrected.ok, corrected.text()
+    page = system.watch(manager.new_page())
+    page.goto(f"/batches/{batch_id}")
+    reason = page.locator('#flags [data-flag="over_dried"] .flag-reason')
+    expect(reason).to_have_text(ES["batches.reason_over_dried_below_limit"].format(
+        moisture_pct=format_number(5.2, "es"), source=ES["batches.source_final"],
+        limit_pct="6"))
     page.close()
 
 

@@ -94,6 +94,42 @@
 
   /* --- metrics and flags --------------------------------------------------------------- */
 
+  /* Why a flag was raised, in the page's language: its reason's text (config.reason_keys)
+     with the numbers written the language's way, as each is given in config.reason_formats
+     (decimals; "as_set": a threshold with the decimals it needs; "time": in the site's zone;
+     "moisture_source": its label). The API's English `reason` when there is no text for it
+     or a number is missing. The printable report does the same on the server. */
+  function reasonText(flag) {
+    var key = config.reason_keys[flag.reason_key];
+    var formats = config.reason_formats[flag.reason_key];
+    if (!key || !formats || !Object.prototype.hasOwnProperty.call(config.catalog, key)) return flag.reason;
+    var params = {};
+    var names = (config.catalog[key].match(/\{[a-z_][a-z0-9_]*\}/g) || []).map(function (p) { return p.slice(1, -1); });
+    var complete = names.every(function (name) {
+      var value = flag.reason_params ? flag.reason_params[name] : undefined;
+      if (value === undefined || value === null || !formats[name]) return false;
+      params[name] = reasonParam(value, formats[name]);
+      return true;
+    });
+    return complete ? t(key, params) : flag.reason;
+  }
+
+  function reasonParam(value, format) {
+    if (format === "time") return C.dateTime(value);
+    if (format === "moisture_source") return config.source_labels[value] || value;
+    if (typeof value === "string") return value;
+    return C.number(value, format === "as_set" ? asSetDigits(value) : format);
+  }
+
+  /* The decimals a threshold needs as it was set, at most 3 (65 → 0, 2.5 → 1). */
+  function asSetDigits(value) {
+    for (var digits = 0; digits < 3; digits++) {
+      var scale = Math.pow(10, digits);
+      if (Math.abs(Math.round(value * scale) / scale - value) < 1e-9) return digits;
+    }
+    return 3;
+  }
+
   function showMetrics(m) {
     var list = document.getElementById("metrics");
     list.textContent = "";
@@ -114,7 +150,7 @@
       var item = C.element("li");
       item.setAttribute("data-flag", flag.code);
       item.appendChild(C.element("strong", "", config.flag_labels[flag.code] || flag.code));
-      item.appendChild(C.element("span", "flag-reason", flag.reason));
+      item.appendChild(C.element("span", "flag-reason", reasonText(flag)));
       flags.appendChild(item);
     });
   }

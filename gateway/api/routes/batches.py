@@ -22,6 +22,7 @@ from gateway import batches as service
 from gateway.api.deps import ContextDep, IsoTime, ManagerDep, OperatorDep, SessionDep
 from gateway.api.routes.nodes import NodeEventOut
 from gateway.api.routes.readings import SERIES_FIELDS, UNITS, choose_bucket_s
+from gateway.batch_metrics import REASONS, QualityFlag
 from gateway.context import GatewayContext
 from gateway.metadata.models import Batch, SpotCheck
 
@@ -290,7 +291,20 @@ def prediction(batch_id: str, session: SessionDep, context: ContextDep, _actor: 
 
 class QualityFlagOut(BaseModel):
     code: str = Field(description=", ".join(service.QUALITY_FLAGS))
-    reason: str
+    reason: str = Field(description="One line in English naming the numbers")
+    reason_key: str = Field("", description=(
+        "Which reason it is, for a text in the reader's language (" + ", ".join(REASONS)
+        + "); empty: only `reason` says why"))
+    reason_params: dict[str, int | float | str] = Field(default_factory=dict, description=(
+        "The reason's numbers, rounded as `reason` shows them, units in their names (_pct % "
+        "w.b., _pct_per_h % w.b. per hour, _points % w.b. points, _c °C, _h hours, days); "
+        "`at` is an ISO 8601 UTC time, `source` where the moisture came from (as "
+        "`moisture_source`). Reference: docs/batches.md"))
+
+    @classmethod
+    def of(cls, flag: QualityFlag) -> QualityFlagOut:
+        return cls(code=flag.code, reason=flag.reason, reason_key=flag.reason_key,
+                   reason_params=dict(flag.reason_params))
 
 
 class MetricsOut(BaseModel):
@@ -338,7 +352,7 @@ def _metrics_out(batch: Batch, result: service.MetricsResult) -> MetricsOut:
         time_above_alarm_h=found.time_above_alarm_h,
         min_night_humidity_margin_pct=found.min_night_humidity_margin_pct,
         min_night_humidity_margin_at=found.min_night_humidity_margin_at,
-        flags=[QualityFlagOut(code=f.code, reason=f.reason) for f in found.flags])
+        flags=[QualityFlagOut.of(f) for f in found.flags])
 
 
 class EndSuggestionOut(BaseModel):
