@@ -137,6 +137,10 @@ class AlertRules:
     clock_right_below_s: float = 60.0       # closes under 1 min; smaller offsets are not
     clock_close_delay_s: float = 300.0      # corrected (network delay, status age)
     clock_update_step_s: float = 300.0      # the offset moved 5 min: news
+    # Hours off cannot come from a status's age while the node is online (it sends one a
+    # minute): such an offset opens after two minutes, time for the next status to confirm.
+    clock_far_off_s: float = 1800.0
+    clock_far_open_delay_s: float = 120.0
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -149,6 +153,10 @@ class AlertRules:
                      "clock_right_below_s", "clock_update_step_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"alert rules: {name} must be > 0")
+        if self.clock_far_off_s < self.clock_wrong_after_s:
+            raise ConfigError(f"alert rules: clock_far_off_s ({self.clock_far_off_s:g}) must "
+                              f"not be below clock_wrong_after_s "
+                              f"({self.clock_wrong_after_s:g})")
         if self.clock_right_below_s > self.clock_wrong_after_s:
             raise ConfigError(f"alert rules: clock_right_below_s ({self.clock_right_below_s:g})"
                               f" must not exceed clock_wrong_after_s "
@@ -607,8 +615,10 @@ def _clock_wrong(s: NodeSnapshot, alert: OpenAlert | None, r: AlertRules) -> _Fi
         return _UNKNOWN  # never measured, or an offline node: node_offline's business
     if (s.now - measured_at).total_seconds() > r.offline_after_s:
         return _UNKNOWN  # no recent status to measure it by
-    delays = {"open_delay_s": r.clock_open_delay_s, "close_delay_s": r.clock_close_delay_s}
     off_s, minutes = abs(offset_s), round(abs(offset_s) / 60, 1)
+    delays = {"open_delay_s": (r.clock_far_open_delay_s if off_s >= r.clock_far_off_s
+                               else r.clock_open_delay_s),
+              "close_delay_s": r.clock_close_delay_s}
     # value hysteresis: opens above 5 min, stays open until under 1 min
     holds = off_s > r.clock_wrong_after_s if alert is None else off_s >= r.clock_right_below_s
     if not holds:
