@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from support import wait_for
 from support.auth import add_user, api_settings, log_in
 from support.gateway_context import registry_ingest
+from support.migrations import insert_site_and_node
 from support.mosquitto import MosquittoBroker, Subscriber
 from support.nodes import NodeProcess
 
@@ -98,13 +99,7 @@ def test_migration_0004_upgrades_a_0003_database_with_its_data(metadata_url: str
     engine = create_metadata_engine(metadata_url)
     alembic.upgrade(_alembic_config(engine), "0003")
     with engine.begin() as connection:
-        connection.exec_driver_sql(
-            "INSERT INTO sites (site_id, name, timezone, created_at) "
-            "VALUES ('demo', 'Demo', 'America/Lima', '2026-03-01 12:00:00')")
-        connection.exec_driver_sql(
-            "INSERT INTO nodes (site_id, node_id, first_seen_at, last_seen_at, state, "
-            "last_event_seq) VALUES ('demo', 'secador-01', '2026-03-01 12:00:00', "
-            "'2026-03-01 12:00:00', 'online', 0)")
+        insert_site_and_node(connection)
     engine.dispose()
     database = open_metadata(metadata_url)
     try:

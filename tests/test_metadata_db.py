@@ -9,6 +9,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import delete, inspect, select, update
 from sqlalchemy.exc import IntegrityError
+from support.migrations import insert_site_and_node
 
 from cacao_dryer.errors import ConfigError
 from gateway.metadata.database import open_metadata
@@ -119,13 +120,7 @@ def test_migration_0005_adds_the_clock_offset_to_a_0004_database(metadata_url: s
     engine = create_metadata_engine(metadata_url)
     alembic.upgrade(_alembic_config(engine), "0004")
     with engine.begin() as connection:
-        connection.exec_driver_sql(
-            "INSERT INTO sites (site_id, name, timezone, created_at) "
-            "VALUES ('demo', 'Demo', 'America/Lima', '2026-03-01 12:00:00')")
-        connection.exec_driver_sql(
-            "INSERT INTO nodes (site_id, node_id, first_seen_at, last_seen_at, state, "
-            "firmware_version, last_event_seq) VALUES ('demo', 'secador-01', "
-            "'2026-03-01 12:00:00', '2026-03-01 12:00:00', 'online', '0.1.0', 7)")
+        insert_site_and_node(connection, last_event_seq=7, firmware_version="0.1.0")
         connection.exec_driver_sql(  # a row that refers to the node (foreign key)
             "INSERT INTO batches (batch_id, site_id, node_id, lot_code, producer, crop, "
             "started_at, notes, started_by) VALUES ('lote-1', 'demo', 'secador-01', 'L-1', "
@@ -169,13 +164,7 @@ def test_migration_0006_lets_event_numbers_pass_32_bits(metadata_url: str) -> No
     engine = create_metadata_engine(metadata_url)
     alembic.upgrade(_alembic_config(engine), "0005")
     with engine.begin() as connection:
-        connection.exec_driver_sql(
-            "INSERT INTO sites (site_id, name, timezone, created_at) "
-            "VALUES ('demo', 'Demo', 'America/Lima', '2026-03-01 12:00:00')")
-        connection.exec_driver_sql(
-            "INSERT INTO nodes (site_id, node_id, first_seen_at, last_seen_at, state, "
-            "last_event_seq) VALUES ('demo', 'secador-01', '2026-03-01 12:00:00', "
-            "'2026-03-01 12:00:00', 'online', 7)")
+        insert_site_and_node(connection, last_event_seq=7)
         connection.exec_driver_sql(
             "INSERT INTO node_events (site_id, node_id, seq, occurred_at, type, message, data, "
             "received_at) VALUES ('demo', 'secador-01', 7, '2026-03-01 12:00:00', 'boot', "
