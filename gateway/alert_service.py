@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -120,10 +120,7 @@ class AlertService:
             for node in nodes:
                 report.nodes += 1
                 try:
-                    snapshot = self.snapshot(
-                        session, node, now,
-                        None if newest is None else newest.get((node.site_id, node.node_id)),
-                        newest is not None)
+                    snapshot = self.snapshot(session, node, now, newest)
                 except (StoreUnavailable, SnapshotError) as exc:
                     report.skipped += 1
                     log.warning("alerts for %s/%s skipped this round: %s", node.site_id,
@@ -179,15 +176,15 @@ class AlertService:
     # --- snapshot -----------------------------------------------------------------------------
 
     def snapshot(self, session: Session, node: Node, now: datetime,
-                 latest: StoredReading | None = None, latest_known: bool = False
+                 newest: Mapping[tuple[str, str], StoredReading] | None = None
                  ) -> NodeSnapshot:
         """What the rules need about ``node``, from the metadata DB and the readings store
-        (its newest reading ``latest`` if ``latest_known``, else looked up here)."""
+        (its newest reading from ``newest``, every node's ``latest_many``, when given)."""
         from gateway.thresholds import latest_push, pushed_thresholds
 
         store = self.context.store
-        if not latest_known:
-            latest = store.latest(node.site_id, node.node_id)
+        key = (node.site_id, node.node_id)
+        latest = newest.get(key) if newest is not None else store.latest(*key)
         # Readings carry the node's clock; judge them on the gateway's (a Pi without a
         # real-time clock may be hours off): shift by the node's offset once it is known.
         offset_s = node.clock_offset_s

@@ -2,8 +2,9 @@
 
 Python's automatic collector runs every few hundred allocations. Ingest allocates thousands
 of short-lived objects per batch (pydantic models, dicts, readings), so it kept triggering
-collections that walked the young objects of the batch in hand and found nothing: measured at
-about 40 % of a reading's CPU in the gateway (bench/GATEWAY_RESULTS.md). A gateway process
+collections that walked the young objects of the batch in hand and found nothing: about 40 %
+of the decoding CPU in a micro-benchmark (bench/GATEWAY_RESULTS.md, "CPU per reading"). A
+gateway process
 therefore, once started:
 
 - freezes what start-up made (``gc.freeze``: modules, the app, routes, schemas live until

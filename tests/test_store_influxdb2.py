@@ -445,3 +445,12 @@ def test_the_gateway_opens_an_influxdb2_store_with_the_token_from_its_file(
     finally:
         store.close()
     assert server.writes()[0].headers["authorization"] == f"Token {TOKEN}"
+
+
+def test_ping_answers_while_the_server_runs_and_says_why_not_after(
+        store: InfluxDB2Store, server: Influx2TestServer) -> None:
+    store.ping()  # GET /health: what /api/health asks every few seconds
+    server.stop()  # (a kept-alive connection may outlive it: ask with a fresh store)
+    with InfluxDB2Store(server.url, ORG, BUCKET, TOKEN, timeout_s=5) as fresh, \
+            pytest.raises(StoreUnavailable, match="cannot reach InfluxDB"):
+        fresh.ping(timeout_s=1.0)

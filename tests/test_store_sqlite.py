@@ -465,3 +465,10 @@ def test_a_file_that_is_not_a_database_is_refused_with_one_line(path: Path) -> N
     with pytest.raises(ConfigError, match="not a usable database") as caught:
         SqliteStore(path)
     assert "\n" not in str(caught.value)
+
+
+def test_ping_reads_the_file_and_says_why_not_once_closed(store: SqliteStore) -> None:
+    store.ping()
+    store.close()
+    with pytest.raises(StoreUnavailable, match="closed"):
+        store.ping()
